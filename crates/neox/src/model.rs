@@ -1,0 +1,252 @@
+//! The CPU GPT-NeoX model: weights, a KV cache allocated once, and `forward` / `truncate`.
+//!
+//! `forward(tokens)` reads top to bottom like HF's `GPTNeoXForCausalLM.forward`: embedding,
+//! then per layer LayerNorm → fused QKV → rotary → cache write → causal attention → dense,
+//! and the MLP (parallel or sequential residual), then the final LayerNorm and `embed_out`.
+
+use anyhow::{bail, Result};
+
+use crate::config::Config;
+use crate::cpu::matmul::linear;
+use crate::cpu::ops::{attention, gelu, layer_norm, Rope};
+use crate::cpu::Isa;
+use crate::logits::Logits;
+use crate::weights::Weights;
+
+/// Keys and values of every layer, allocated once for `capacity` positions.
+pub struct KvCache {
+    /// `[layers, heads, capacity, head_dim]`
+    keys: Vec<f32>,
+    /// `[layers, heads, capacity, head_dim]`
+    values: Vec<f32>,
+    /// Elements per layer: `heads · capacity · head_dim`.
+    layer_stride: usize,
+    capacity: usize,
+    /// Positions `0..len` hold valid entries.
+    len: usize,
+}
+
+impl KvCache {
+    fn new(config: &Config, capacity: usize) -> Self {
+        let layer_stride = config.num_heads * capacity * config.head_dim();
+        let total = config.num_layers * layer_stride;
+        KvCache {
+            keys: vec![0.0; total],
+            values: vec![0.0; total],
+            layer_stride,
+            capacity,
+            len: 0,
+        }
+    }
+
+    /// Bytes held by the cache.
+    pub fn bytes(&self) -> usize {
+        (self.keys.len() + self.values.len()) * 4
+    }
+}
+
+/// A GPT-NeoX model on the CPU holding its own KV cache.
+pub struct CpuModel {
+    config: Config,
+    weights: Weights,
+    rope: Rope,
+    cache: KvCache,
+    isa: Isa,
+}
+
+impl CpuModel {
+    /// A model whose cache holds `capacity` positions (at most `max_position_embeddings`).
+    pub fn new(
+        config: Config,
+        weights: Weights,
+        capacity: Option<usize>,
+        isa: Isa,
+    ) -> Result<Self> {
+        let max = config.max_position_embeddings;
+        let capacity = capacity.unwrap_or(max);
+        if capacity == 0 || capacity > max {
+            bail!(
+                "context length {capacity} must be between 1 and the model's max positions {max}"
+            );
+        }
+        let rope = Rope::new(config.rotary_dims(), config.rotary_base, capacity);
+        let cache = KvCache::new(&config, capacity);
+        Ok(CpuModel {
+            config,
+            weights,
+            rope,
+            cache,
+            isa,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+    /// The kernel set in use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.cache.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.cache.len == 0
+    }
+    /// Positions the cache can hold.
+    pub fn capacity(&self) -> usize {
+        self.cache.capacity
+    }
+
+    /// Keeps the first `len` cached positions.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > self.cache.len {
+            bail!(
+                "cannot truncate the cache to {len} tokens: it holds only {}",
+                self.cache.len
+            );
+        }
+        self.cache.len = len;
+        Ok(())
+    }
+
+    /// Appends `tokens` after the cached ones; returns logits `[tokens.len(), vocab]`.
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<Logits> {
+        let c = &self.config;
+        let (d, heads, hd) = (c.hidden_size, c.num_heads, c.head_dim());
+        let m = tokens.len();
+        let start = self.cache.len;
+        if m == 0 {
+            bail!("forward needs at least one token");
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            bail!(
+                "token id {bad} is out of range: the model's vocabulary has {} ids",
+                c.vocab_size
+            );
+        }
+        if start + m > self.cache.capacity {
+            bail!(
+                "context too long: {} cached + {m} new tokens exceed the context length {} \
+                 (model max positions {})",
+                start,
+                self.cache.capacity,
+                c.max_position_embeddings
+            );
+        }
+        let eps = c.layer_norm_eps as f32;
+        let isa = self.isa;
+        let w = &self.weights;
+
+        // x: [m, d] residual stream
+        let mut x = vec![0.0f32; m * d];
+        for (row, &t) in x.chunks_exact_mut(d).zip(tokens) {
+            w.embed_in.row_f32(t as usize, row);
+        }
+        let mut h = vec![0.0f32; m * d]; // [m, d] normed input
+        let mut qkv = vec![0.0f32; m * 3 * d]; // [m, heads, 3, hd]
+        let mut q = vec![0.0f32; m * d]; // [m, heads, hd]
+        let mut attn = vec![0.0f32; m * d]; // [m, d]
+        let mut attn_out = vec![0.0f32; m * d]; // [m, d]
+        let mut mlp_mid = vec![0.0f32; m * c.intermediate_size]; // [m, intermediate]
+        let mut mlp_out = vec![0.0f32; m * d]; // [m, d]
+
+        for (l, lw) in w.layers.iter().enumerate() {
+            layer_norm(&x, &lw.input_layernorm, eps, &mut h);
+            linear(
+                isa,
+                &h,
+                m,
+                &lw.query_key_value.weight,
+                Some(&lw.query_key_value.bias),
+                &mut qkv,
+            );
+            let cache = &mut self.cache;
+            let base = l * cache.layer_stride;
+            for i in 0..m {
+                let pos = start + i;
+                for hh in 0..heads {
+                    let src = &mut qkv[(i * heads + hh) * 3 * hd..][..3 * hd];
+                    let (qh, rest) = src.split_at_mut(hd);
+                    let (kh, vh) = rest.split_at_mut(hd);
+                    self.rope.apply(qh, pos);
+                    self.rope.apply(kh, pos);
+                    q[(i * heads + hh) * hd..][..hd].copy_from_slice(qh);
+                    let at = base + (hh * cache.capacity + pos) * hd;
+                    cache.keys[at..at + hd].copy_from_slice(kh);
+                    cache.values[at..at + hd].copy_from_slice(vh);
+                }
+            }
+            let layer_keys = &cache.keys[base..base + cache.layer_stride];
+            let layer_values = &cache.values[base..base + cache.layer_stride];
+            attention(
+                &q,
+                layer_keys,
+                layer_values,
+                heads,
+                hd,
+                cache.capacity,
+                start,
+                &mut attn,
+            );
+            linear(
+                isa,
+                &attn,
+                m,
+                &lw.dense.weight,
+                Some(&lw.dense.bias),
+                &mut attn_out,
+            );
+
+            if c.use_parallel_residual {
+                layer_norm(&x, &lw.post_attention_layernorm, eps, &mut h);
+                self.mlp(l, &h, m, &mut mlp_mid, &mut mlp_out);
+                for ((xv, a), f) in x.iter_mut().zip(&attn_out).zip(&mlp_out) {
+                    *xv += *a + *f;
+                }
+            } else {
+                for (xv, a) in x.iter_mut().zip(&attn_out) {
+                    *xv += *a;
+                }
+                layer_norm(&x, &lw.post_attention_layernorm, eps, &mut h);
+                self.mlp(l, &h, m, &mut mlp_mid, &mut mlp_out);
+                for (xv, f) in x.iter_mut().zip(&mlp_out) {
+                    *xv += *f;
+                }
+            }
+        }
+        self.cache.len = start + m;
+
+        layer_norm(&x, &w.final_layer_norm, eps, &mut h);
+        let vocab = c.vocab_size;
+        let mut logits = vec![0.0f32; m * vocab];
+        linear(isa, &h, m, &w.embed_out, None, &mut logits);
+        Ok(Logits::new(logits, m, vocab))
+    }
+
+    /// `out = W2·gelu(W1·h + b1) + b2` for layer `l`; `h` `[m, d]`, `mid` `[m, intermediate]`.
+    fn mlp(&self, l: usize, h: &[f32], m: usize, mid: &mut [f32], out: &mut [f32]) {
+        let lw = &self.weights.layers[l];
+        linear(
+            self.isa,
+            h,
+            m,
+            &lw.dense_h_to_4h.weight,
+            Some(&lw.dense_h_to_4h.bias),
+            mid,
+        );
+        gelu(mid);
+        linear(
+            self.isa,
+            mid,
+            m,
+            &lw.dense_4h_to_h.weight,
+            Some(&lw.dense_4h_to_h.bias),
+            out,
+        );
+    }
+}

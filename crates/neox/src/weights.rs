@@ -1,0 +1,462 @@
+//! Model parameters from `model.safetensors`, memory-mapped and kept in their stored dtype.
+//!
+//! Matrices (`[out_features, in_features]`, row-major, as PyTorch stores `Linear.weight`) stay
+//! f32, f16 or bf16 exactly as on disk and are widened to f32 inside the matmul kernels, so a
+//! 2.8b model occupies 5.6 GB, not 11 GB. Small vectors (LayerNorm, biases) become `Vec<f32>`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use memmap2::Mmap;
+use safetensors::{Dtype as StDtype, SafeTensors};
+
+use crate::config::Config;
+
+/// Storage dtype of a weight matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::Bf16 => 2,
+        }
+    }
+
+    /// The name `config.json` uses (`torch_dtype`).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "float32",
+            Dtype::F16 => "float16",
+            Dtype::Bf16 => "bfloat16",
+        }
+    }
+
+    fn from_safetensors(dtype: StDtype) -> Option<Self> {
+        match dtype {
+            StDtype::F32 => Some(Dtype::F32),
+            StDtype::F16 => Some(Dtype::F16),
+            StDtype::BF16 => Some(Dtype::Bf16),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn to_safetensors(self) -> StDtype {
+        match self {
+            Dtype::F32 => StDtype::F32,
+            Dtype::F16 => StDtype::F16,
+            Dtype::Bf16 => StDtype::BF16,
+        }
+    }
+}
+
+/// Bytes that back weight matrices: a memory-mapped file or an owned buffer.
+pub(crate) enum Storage {
+    Mapped(Mmap),
+    /// Raw little-endian 16-bit elements (f16 or bf16).
+    Owned16(Vec<u16>),
+    OwnedF32(Vec<f32>),
+}
+
+impl Storage {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(m) => m,
+            Storage::Owned16(v) => {
+                // SAFETY: u16 has no padding; any byte view of it is valid and aligned for u8.
+                unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), v.len() * 2) }
+            }
+            Storage::OwnedF32(v) => {
+                // SAFETY: as above; f32 has no padding and u8 has alignment 1.
+                unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), v.len() * 4) }
+            }
+        }
+    }
+}
+
+/// A `[rows, cols]` row-major matrix in its stored dtype.
+#[derive(Clone)]
+pub struct Matrix {
+    dtype: Dtype,
+    rows: usize,
+    cols: usize,
+    storage: Arc<Storage>,
+    /// Byte offset of element (0, 0) in `storage`.
+    offset: usize,
+}
+
+impl std::fmt::Debug for Matrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Matrix({:?}, [{}, {}])",
+            self.dtype, self.rows, self.cols
+        )
+    }
+}
+
+impl Matrix {
+    pub(crate) fn owned16(dtype: Dtype, rows: usize, cols: usize, data: Vec<u16>) -> Self {
+        assert!(dtype.size() == 2 && data.len() == rows * cols);
+        Matrix {
+            dtype,
+            rows,
+            cols,
+            storage: Arc::new(Storage::Owned16(data)),
+            offset: 0,
+        }
+    }
+
+    pub(crate) fn owned_f32(rows: usize, cols: usize, data: Vec<f32>) -> Self {
+        assert!(data.len() == rows * cols);
+        Matrix {
+            dtype: Dtype::F32,
+            rows,
+            cols,
+            storage: Arc::new(Storage::OwnedF32(data)),
+            offset: 0,
+        }
+    }
+
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// All elements as little-endian bytes, `[rows * cols * dtype.size()]`.
+    pub fn bytes(&self) -> &[u8] {
+        let len = self.rows * self.cols * self.dtype.size();
+        &self.storage.bytes()[self.offset..self.offset + len]
+    }
+
+    /// Row `r` widened to f32, shape `[cols]` (used for the embedding gather and references).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let size = self.dtype.size();
+        let bytes = &self.bytes()[r * self.cols * size..(r + 1) * self.cols * size];
+        widen_into(self.dtype, bytes, out);
+    }
+}
+
+/// Widens little-endian `bytes` of `dtype` into `out` (same element count).
+pub fn widen_into(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
+    match dtype {
+        Dtype::F32 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        Dtype::F16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+            }
+        }
+        Dtype::Bf16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+            }
+        }
+    }
+}
+
+/// `y = x Wᵀ + b` parameters.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[out, in]`
+    pub weight: Matrix,
+    /// `[out]`
+    pub bias: Vec<f32>,
+}
+
+/// LayerNorm scale and shift, each `[hidden]`.
+#[derive(Debug, Clone)]
+pub struct Norm {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// One transformer block.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    pub input_layernorm: Norm,
+    pub post_attention_layernorm: Norm,
+    /// `[3·hidden, hidden]`, rows grouped per head as `[head][q|k|v][head_dim]`.
+    pub query_key_value: Linear,
+    /// `[hidden, hidden]`
+    pub dense: Linear,
+    /// `[intermediate, hidden]`
+    pub dense_h_to_4h: Linear,
+    /// `[hidden, intermediate]`
+    pub dense_4h_to_h: Linear,
+}
+
+/// All parameters of a GPT-NeoX model.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    /// `[vocab, hidden]`
+    pub embed_in: Matrix,
+    pub layers: Vec<LayerWeights>,
+    pub final_layer_norm: Norm,
+    /// `[vocab, hidden]`
+    pub embed_out: Matrix,
+}
+
+/// Buffers that checkpoints carry but that are not parameters.
+fn is_non_parameter(name: &str) -> bool {
+    name.ends_with(".attention.bias")
+        || name.ends_with(".attention.masked_bias")
+        || name.ends_with(".attention.rotary_emb.inv_freq")
+}
+
+impl Weights {
+    /// Memory-maps `path` and checks every parameter against `config`.
+    pub fn load(path: &Path, config: &Config) -> Result<Self> {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("cannot open weights file {}", path.display()))?;
+        // SAFETY: the file is opened read-only; like every mmap-based loader we assume it is not
+        // truncated by another process while mapped.
+        let mmap = unsafe { Mmap::map(&file) }
+            .with_context(|| format!("cannot memory-map {}", path.display()))?;
+        let storage = Arc::new(Storage::Mapped(mmap));
+        Self::from_storage(storage, config)
+            .with_context(|| format!("invalid weights file {}", path.display()))
+    }
+
+    fn from_storage(storage: Arc<Storage>, config: &Config) -> Result<Self> {
+        let bytes = storage.bytes();
+        let tensors = SafeTensors::deserialize(bytes).map_err(|e| {
+            anyhow::anyhow!("not a valid safetensors file (truncated or corrupt?): {e}")
+        })?;
+        let mut table = TensorTable {
+            found: HashMap::new(),
+            base: bytes.as_ptr() as usize,
+            storage: &storage,
+        };
+        for (name, view) in tensors.tensors() {
+            if !is_non_parameter(&name) {
+                table.found.insert(name, view);
+            }
+        }
+        let (d, i, v) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.vocab_size,
+        );
+        let embed_in = table.matrix("gpt_neox.embed_in.weight", v, d)?;
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for l in 0..config.num_layers {
+            let p = format!("gpt_neox.layers.{l}");
+            layers.push(LayerWeights {
+                input_layernorm: table.norm(&format!("{p}.input_layernorm"), d)?,
+                post_attention_layernorm: table
+                    .norm(&format!("{p}.post_attention_layernorm"), d)?,
+                query_key_value: table.linear_opt_bias(
+                    &format!("{p}.attention.query_key_value"),
+                    3 * d,
+                    d,
+                    config.attention_bias,
+                )?,
+                dense: table.linear_opt_bias(
+                    &format!("{p}.attention.dense"),
+                    d,
+                    d,
+                    config.attention_bias,
+                )?,
+                dense_h_to_4h: table.linear(&format!("{p}.mlp.dense_h_to_4h"), i, d)?,
+                dense_4h_to_h: table.linear(&format!("{p}.mlp.dense_4h_to_h"), d, i)?,
+            });
+        }
+        let final_layer_norm = table.norm("gpt_neox.final_layer_norm", d)?;
+        // transformers 5 names the output projection `lm_head` in memory; files say `embed_out`.
+        let out_name = if table.found.contains_key("lm_head.weight") {
+            "lm_head.weight"
+        } else {
+            "embed_out.weight"
+        };
+        let embed_out = table.matrix(out_name, v, d)?;
+        if let Some(extra) = table.found.keys().min() {
+            bail!(
+                "unexpected tensor {extra:?} ({} unexpected in all): the file does not match a \
+                 GPT-NeoX model with {} layers",
+                table.found.len(),
+                config.num_layers
+            );
+        }
+        Ok(Weights {
+            embed_in,
+            layers,
+            final_layer_norm,
+            embed_out,
+        })
+    }
+
+    /// Total bytes of the matrices read by one decode step (everything but `embed_in`, of which
+    /// one row is read).
+    pub fn bytes_per_token(&self) -> usize {
+        let m = |x: &Matrix| x.rows * x.cols * x.dtype.size();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                m(&l.query_key_value.weight)
+                    + m(&l.dense.weight)
+                    + m(&l.dense_h_to_4h.weight)
+                    + m(&l.dense_4h_to_h.weight)
+            })
+            .sum();
+        layers + m(&self.embed_out)
+    }
+
+    /// Every named tensor in HF order, for writing a checkpoint: `(name, dtype, shape, bytes)`.
+    pub(crate) fn named_tensors(&self) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mat = |out: &mut Vec<_>, name: String, m: &Matrix| {
+            out.push((name, m.dtype, vec![m.rows, m.cols], m.bytes().to_vec()));
+        };
+        let vec_ = |out: &mut Vec<_>, name: String, dtype: Dtype, v: &[f32]| {
+            out.push((name, dtype, vec![v.len()], encode(dtype, v)));
+        };
+        let dt = self.embed_out.dtype;
+        mat(&mut out, "gpt_neox.embed_in.weight".into(), &self.embed_in);
+        for (l, w) in self.layers.iter().enumerate() {
+            let p = format!("gpt_neox.layers.{l}");
+            for (n, norm) in [
+                ("input_layernorm", &w.input_layernorm),
+                ("post_attention_layernorm", &w.post_attention_layernorm),
+            ] {
+                vec_(&mut out, format!("{p}.{n}.weight"), dt, &norm.weight);
+                vec_(&mut out, format!("{p}.{n}.bias"), dt, &norm.bias);
+            }
+            for (n, lin) in [
+                ("attention.query_key_value", &w.query_key_value),
+                ("attention.dense", &w.dense),
+                ("mlp.dense_h_to_4h", &w.dense_h_to_4h),
+                ("mlp.dense_4h_to_h", &w.dense_4h_to_h),
+            ] {
+                mat(&mut out, format!("{p}.{n}.weight"), &lin.weight);
+                vec_(&mut out, format!("{p}.{n}.bias"), dt, &lin.bias);
+            }
+        }
+        vec_(
+            &mut out,
+            "gpt_neox.final_layer_norm.weight".into(),
+            dt,
+            &self.final_layer_norm.weight,
+        );
+        vec_(
+            &mut out,
+            "gpt_neox.final_layer_norm.bias".into(),
+            dt,
+            &self.final_layer_norm.bias,
+        );
+        mat(&mut out, "embed_out.weight".into(), &self.embed_out);
+        out
+    }
+}
+
+/// The tensors of a safetensors file not yet claimed by a parameter.
+struct TensorTable<'a> {
+    found: HashMap<String, safetensors::tensor::TensorView<'a>>,
+    /// Address of the first byte of the file.
+    base: usize,
+    storage: &'a Arc<Storage>,
+}
+
+impl TensorTable<'_> {
+    /// Removes `name`, checking its shape and dtype; returns its dtype and byte offset.
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<(Dtype, usize)> {
+        let view = self
+            .found
+            .remove(name)
+            .with_context(|| format!("missing tensor {name:?} (expected shape {shape:?})"))?;
+        if view.shape() != shape {
+            bail!(
+                "tensor {name:?} has shape {:?}, expected {shape:?}",
+                view.shape()
+            );
+        }
+        let dtype = Dtype::from_safetensors(view.dtype()).with_context(|| {
+            format!(
+                "tensor {name:?} has dtype {:?}, expected F32, F16 or BF16",
+                view.dtype()
+            )
+        })?;
+        Ok((dtype, view.data().as_ptr() as usize - self.base))
+    }
+
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
+        let (dtype, offset) = self.take(name, &[rows, cols])?;
+        Ok(Matrix {
+            dtype,
+            rows,
+            cols,
+            storage: self.storage.clone(),
+            offset,
+        })
+    }
+
+    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let (dtype, offset) = self.take(name, &[len])?;
+        let mut out = vec![0.0f32; len];
+        widen_into(
+            dtype,
+            &self.storage.bytes()[offset..offset + len * dtype.size()],
+            &mut out,
+        );
+        Ok(out)
+    }
+
+    fn norm(&mut self, prefix: &str, len: usize) -> Result<Norm> {
+        Ok(Norm {
+            weight: self.vector(&format!("{prefix}.weight"), len)?,
+            bias: self.vector(&format!("{prefix}.bias"), len)?,
+        })
+    }
+
+    fn linear(&mut self, prefix: &str, out: usize, inp: usize) -> Result<Linear> {
+        self.linear_opt_bias(prefix, out, inp, true)
+    }
+
+    /// A linear layer whose bias is zero when `has_bias` is false.
+    fn linear_opt_bias(
+        &mut self,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+        has_bias: bool,
+    ) -> Result<Linear> {
+        Ok(Linear {
+            weight: self.matrix(&format!("{prefix}.weight"), out, inp)?,
+            bias: if has_bias {
+                self.vector(&format!("{prefix}.bias"), out)?
+            } else {
+                vec![0.0; out]
+            },
+        })
+    }
+}
+
+/// Encodes f32 values as little-endian `dtype` bytes (round to nearest even).
+pub(crate) fn encode(dtype: Dtype, values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * dtype.size());
+    for &v in values {
+        match dtype {
+            Dtype::F32 => out.extend_from_slice(&v.to_le_bytes()),
+            Dtype::F16 => out.extend_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes()),
+            Dtype::Bf16 => out.extend_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes()),
+        }
+    }
+    out
+}

@@ -1,0 +1,25 @@
+//! The one model interface the engine needs: append tokens, get logits for each, roll back.
+
+use spedec_neox::Logits;
+
+/// A causal language model that owns its KV cache.
+///
+/// `forward` appends `tokens` after the `len()` tokens already cached and returns one row of
+/// logits per new token (prefill, one-token decode and multi-token verify are the same call).
+/// `truncate` rolls the cache back to its first `len` tokens; it never reallocates.
+pub trait Lm {
+    /// Width of a logits row (the model's padded vocabulary size).
+    fn vocab_size(&self) -> usize;
+    /// Largest number of tokens the cache can hold.
+    fn max_len(&self) -> usize;
+    /// Number of tokens currently cached.
+    fn len(&self) -> usize;
+    /// True when nothing is cached.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Appends `tokens` (non-empty) and returns logits of shape `[tokens.len(), vocab_size]`.
+    fn forward(&mut self, tokens: &[u32]) -> anyhow::Result<Logits>;
+    /// Keeps the first `len` cached tokens (`len <= self.len()`).
+    fn truncate(&mut self, len: usize) -> anyhow::Result<()>;
+}
