@@ -1,0 +1,427 @@
+//! The kernels' logic on a CPU: kernels/*.cu compiled by the host C++ compiler against a
+//! small emulation of the CUDA execution model (tests/emu/emu.h: fibers per thread,
+//! __syncthreads and warp shuffles as barriers), then the same self-check as on a GPU
+//! (`check::run_checks_on`) at reduced shapes with the real head dims (64 and 80), M = 1, 5,
+//! 16. This checks indexing, masking, reductions and batch invariance without a GPU; it
+//! cannot check PTX, the GPU compiler, timing or the launchers' device pointers.
+//! Prints `skipped: no C++ compiler` where none is found.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, ensure, Result};
+use half::f16;
+use libloading::Library;
+use spedec_cuda::backend::{Elem, KernelBackend, LinDest, SecondLn};
+use spedec_cuda::check::{self, CheckOptions, ModelShape};
+use spedec_cuda::kernels::consts::ATT_SPLIT;
+use spedec_cuda::AttnShape;
+
+fn visible(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+type H = *const u16;
+type HM = *mut u16;
+
+/// Build the emulation library once per test binary.
+fn build() -> Result<Option<PathBuf>> {
+    if !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
+        return Ok(None);
+    }
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    if Command::new(&cxx).arg("--version").output().is_err() {
+        return Ok(None);
+    }
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("libspedec_kernel_emu.so");
+    let status = Command::new(&cxx)
+        .args([
+            "-O2",
+            "-std=c++20",
+            "-fPIC",
+            "-shared",
+            "-DSPEDEC_HOST_EMU",
+            "-w",
+            "-include",
+        ])
+        .arg(here.join("tests/emu/emu.h"))
+        .arg("-I")
+        .arg(here.join("../../kernels"))
+        .arg(here.join("tests/emu/launch.cpp"))
+        .arg("-o")
+        .arg(&out)
+        .status()?;
+    ensure!(
+        status.success(),
+        "{cxx} failed to build the kernel emulation"
+    );
+    Ok(Some(out))
+}
+
+struct Emu {
+    lib: Library,
+}
+
+fn ok(code: i32, what: &str) -> Result<()> {
+    if code != 0 {
+        bail!("emulated {what}: deadlock (divergent __syncthreads or shuffle)");
+    }
+    Ok(())
+}
+
+impl Emu {
+    fn sym<T>(&self, name: &str) -> Result<libloading::Symbol<'_, T>> {
+        // SAFETY: the symbol's type is given by launch.cpp's signature at each call site.
+        Ok(unsafe { self.lib.get(name.as_bytes())? })
+    }
+}
+
+fn p<T>(v: &[T]) -> *const u16 {
+    v.as_ptr() as *const u16
+}
+
+fn pm<T>(v: &mut [T]) -> *mut u16 {
+    v.as_mut_ptr() as *mut u16
+}
+
+fn opt<T>(v: Option<&Vec<T>>) -> *const u16 {
+    v.map_or(std::ptr::null(), |v| p(v))
+}
+
+impl KernelBackend for Emu {
+    type Buf<T: Elem> = Vec<T>;
+
+    fn describe(&self) -> String {
+        "host emulation of kernels/*.cu".into()
+    }
+    fn upload<T: Elem>(&mut self, host: &[T]) -> Result<Vec<T>> {
+        Ok(host.to_vec())
+    }
+    fn poisoned<T: Elem>(&mut self, len: usize) -> Result<Vec<T>> {
+        let mut v = vec![T::default(); len];
+        self.poison(&mut v)?;
+        Ok(v)
+    }
+    fn poison<T: Elem>(&mut self, buf: &mut Vec<T>) -> Result<()> {
+        // SAFETY: every Elem type accepts any bit pattern.
+        unsafe { std::ptr::write_bytes(buf.as_mut_ptr(), 0xff, buf.len()) };
+        Ok(())
+    }
+    fn download<T: Elem>(&mut self, buf: &Vec<T>) -> Result<Vec<T>> {
+        Ok(buf.clone())
+    }
+    fn synchronize(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn timed(&self) -> bool {
+        false
+    }
+
+    fn embedding(
+        &mut self,
+        ids: &Vec<u32>,
+        table: &Vec<f16>,
+        out: &mut Vec<f32>,
+        m: usize,
+        vocab: usize,
+        d: usize,
+    ) -> Result<()> {
+        ensure!(ids.len() >= m && table.len() == vocab * d && out.len() >= m * d);
+        let f = self.sym::<unsafe extern "C" fn(*const u32, H, *mut f32, i32, i32, i32) -> i32>(
+            "emu_embedding_f16",
+        )?;
+        ok(
+            unsafe {
+                f(
+                    ids.as_ptr(),
+                    p(table),
+                    out.as_mut_ptr(),
+                    m as i32,
+                    vocab as i32,
+                    d as i32,
+                )
+            },
+            "embedding",
+        )
+    }
+
+    fn add_layernorm(
+        &mut self,
+        x: &mut Vec<f32>,
+        add_a: Option<&Vec<f16>>,
+        add_b: Option<&Vec<f16>>,
+        weight: &Vec<f16>,
+        bias: &Vec<f16>,
+        out: &mut Vec<f16>,
+        second: Option<SecondLn<'_, Self>>,
+        m: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()> {
+        ensure!(x.len() >= m * d && weight.len() == d && bias.len() == d && out.len() >= m * d);
+        let f = self.sym::<unsafe extern "C" fn(
+            *mut f32,
+            H,
+            H,
+            H,
+            H,
+            HM,
+            H,
+            H,
+            HM,
+            i32,
+            i32,
+            f32,
+        ) -> i32>("emu_add_layernorm_f16")?;
+        let (w1, b1, o1) = match second {
+            Some((w, b, o)) => (p(w), p(b), pm(o)),
+            None => (std::ptr::null(), std::ptr::null(), std::ptr::null_mut()),
+        };
+        let r = unsafe {
+            f(
+                x.as_mut_ptr(),
+                opt(add_a),
+                opt(add_b),
+                p(weight),
+                p(bias),
+                pm(out),
+                w1,
+                b1,
+                o1,
+                m as i32,
+                d as i32,
+                eps,
+            )
+        };
+        ok(r, "add_layernorm")
+    }
+
+    fn linear(
+        &mut self,
+        x: &Vec<f16>,
+        w: &Vec<f16>,
+        bias: Option<&Vec<f16>>,
+        out: LinDest<'_, Self>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        ensure!(x.len() >= m * k && w.len() == n * k && k % 8 == 0 && (1..=16).contains(&m));
+        let f = self
+            .sym::<unsafe extern "C" fn(H, H, H, HM, *mut f32, i32, i32, i32, i32) -> i32>(
+                "emu_linear_f16",
+            )?;
+        let (mode, oh, of): (i32, *mut u16, *mut f32) = match out {
+            LinDest::F16(o) => (0, pm(o), std::ptr::null_mut()),
+            LinDest::F16Gelu(o) => (1, pm(o), std::ptr::null_mut()),
+            LinDest::F32(o) => (2, std::ptr::null_mut(), o.as_mut_ptr()),
+            LinDest::AddF32(o) => (3, std::ptr::null_mut(), o.as_mut_ptr()),
+        };
+        ok(
+            unsafe {
+                f(
+                    p(x),
+                    p(w),
+                    opt(bias),
+                    oh,
+                    of,
+                    m as i32,
+                    n as i32,
+                    k as i32,
+                    mode,
+                )
+            },
+            "linear",
+        )
+    }
+
+    fn rotary_kv(
+        &mut self,
+        qkv: &Vec<f16>,
+        pos: &Vec<i32>,
+        q: &mut Vec<f16>,
+        k_cache: &mut Vec<f16>,
+        v_cache: &mut Vec<f16>,
+        m: usize,
+        s: &AttnShape,
+    ) -> Result<()> {
+        ensure!(k_cache.len() == s.cache_len() && v_cache.len() == s.cache_len());
+        let f = self.sym::<unsafe extern "C" fn(
+            H,
+            *const i32,
+            HM,
+            HM,
+            HM,
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+            f32,
+        ) -> i32>("emu_rotary_kv_f16")?;
+        let r = unsafe {
+            f(
+                p(qkv),
+                pos.as_ptr(),
+                pm(q),
+                pm(k_cache),
+                pm(v_cache),
+                m as i32,
+                s.heads as i32,
+                s.head_dim as i32,
+                s.rotary_dims as i32,
+                s.max_pos as i32,
+                s.rotary_base,
+            )
+        };
+        ok(r, "rotary_kv")
+    }
+
+    fn attention(
+        &mut self,
+        q: &Vec<f16>,
+        k_cache: &Vec<f16>,
+        v_cache: &Vec<f16>,
+        pos: &Vec<i32>,
+        out: &mut Vec<f16>,
+        m: usize,
+        s: &AttnShape,
+    ) -> Result<()> {
+        ensure!(k_cache.len() == s.cache_len() && (1..=16).contains(&m));
+        let n_split = s.max_pos.div_ceil(ATT_SPLIT as usize);
+        let rows = m * s.heads * n_split;
+        let mut o_part: Vec<f32> = self.poisoned(rows * s.head_dim)?;
+        let mut ml_part: Vec<f32> = self.poisoned(rows * 2)?;
+        let f = self.sym::<unsafe extern "C" fn(
+            H,
+            H,
+            H,
+            *const i32,
+            *mut f32,
+            *mut f32,
+            HM,
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+            f32,
+        ) -> i32>("emu_attention_f16")?;
+        let r = unsafe {
+            f(
+                p(q),
+                p(k_cache),
+                p(v_cache),
+                pos.as_ptr(),
+                o_part.as_mut_ptr(),
+                ml_part.as_mut_ptr(),
+                pm(out),
+                m as i32,
+                s.heads as i32,
+                s.head_dim as i32,
+                s.max_pos as i32,
+                n_split as i32,
+                1.0 / (s.head_dim as f32).sqrt(),
+            )
+        };
+        ok(r, "attention")
+    }
+
+    fn poison_attention_scratch(&mut self) -> Result<()> {
+        Ok(()) // fresh poisoned scratch on every call
+    }
+
+    fn argmax(
+        &mut self,
+        logits: &Vec<f32>,
+        out: &mut Vec<u32>,
+        m: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        ensure!(logits.len() >= m * vocab && out.len() >= m);
+        let f = self
+            .sym::<unsafe extern "C" fn(*const f32, *mut u32, i32, i32) -> i32>("emu_argmax_f32")?;
+        ok(
+            unsafe { f(logits.as_ptr(), out.as_mut_ptr(), m as i32, vocab as i32) },
+            "argmax",
+        )
+    }
+
+    fn softmax(
+        &mut self,
+        logits: &Vec<f32>,
+        probs: &mut Vec<f32>,
+        m: usize,
+        vocab: usize,
+        temperature: f32,
+    ) -> Result<()> {
+        ensure!(logits.len() >= m * vocab && probs.len() >= m * vocab);
+        let f = self.sym::<unsafe extern "C" fn(*const f32, *mut f32, i32, i32, f32) -> i32>(
+            "emu_softmax_f32",
+        )?;
+        ok(
+            unsafe {
+                f(
+                    logits.as_ptr(),
+                    probs.as_mut_ptr(),
+                    m as i32,
+                    vocab as i32,
+                    1.0 / temperature,
+                )
+            },
+            "softmax",
+        )
+    }
+}
+
+/// Reduced shapes with Pythia's real head geometries (70m: 64-dim heads, 2.8b: 80-dim).
+const EMU_64: ModelShape = ModelShape {
+    name: "emu hd64",
+    hidden: 128,
+    heads: 2,
+    head_dim: 64,
+    intermediate: 512,
+    vocab: 1000,
+    rotary_dims: 16,
+    max_pos: 300,
+};
+const EMU_80: ModelShape = ModelShape {
+    name: "emu hd80",
+    hidden: 240,
+    heads: 3,
+    head_dim: 80,
+    intermediate: 960,
+    vocab: 1003,
+    rotary_dims: 20,
+    max_pos: 260,
+};
+
+#[test]
+fn kernels_match_the_cpu_reference_under_host_emulation() {
+    let lib = match build() {
+        Ok(Some(path)) => path,
+        Ok(None) => {
+            visible("kernels_match_the_cpu_reference_under_host_emulation: skipped: no C++ compiler (or not x86-64 Linux)");
+            return;
+        }
+        Err(e) => panic!("{e:#}"),
+    };
+    // SAFETY: a library we just built; its initialisers do nothing.
+    let mut emu = Emu {
+        lib: unsafe { Library::new(&lib) }.expect("load the emulation library"),
+    };
+    let opts = CheckOptions {
+        models: vec![EMU_64, EMU_80],
+        rows: vec![1, 5, 16],
+        seed: 7,
+        timing_reps: 0,
+    };
+    let results = check::run_checks_on(&mut emu, &opts).unwrap_or_else(|e| panic!("{e:#}"));
+    visible(&check::format_table(&results));
+    assert!(
+        check::all_passed(&results),
+        "emulated kernels disagree with the reference (table above)"
+    );
+}

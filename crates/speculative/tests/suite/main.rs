@@ -1,0 +1,10 @@
+//! Integration tests of the generators against small deterministic test models.
+
+mod cache;
+mod common;
+mod errors;
+mod exact;
+mod greedy;
+mod ppl;
+mod statistical;
+mod stats;

@@ -1,0 +1,157 @@
+//! Statistical check with the real random stream: many seeded speculative continuations, their
+//! empirical joint distribution of the first tokens against the target's exact joint (χ²).
+//! The same threshold is shown to fail for deliberately broken algorithms.
+
+use std::collections::HashMap;
+
+use spedec_sampling::{derive_seed, Rng, Sampler};
+use spedec_speculative::testing::{speculative_with, Fault};
+use spedec_speculative::{generate_speculative, GenConfig};
+
+use crate::common::{exact_joint, models, random, HashLm};
+
+const RUNS: usize = 20_000;
+const JOINT: usize = 4;
+const PROMPT: [u32; 2] = [3, 1];
+
+/// χ² statistic over outcome bins (expected counts < 5 pooled), its degrees of freedom, and the
+/// number of samples that fell on outcomes of probability 0.
+fn chi_square(
+    counts: &HashMap<Vec<u32>, usize>,
+    exact: &HashMap<Vec<u32>, f64>,
+    n: usize,
+) -> (f64, usize, usize) {
+    let impossible = counts
+        .iter()
+        .filter(|(k, _)| exact.get(*k).is_none_or(|&p| p == 0.0))
+        .map(|(_, c)| c)
+        .sum();
+    let mut keys: Vec<&Vec<u32>> = exact.keys().filter(|k| exact[*k] > 0.0).collect();
+    keys.sort();
+    let (mut stat, mut bins) = (0.0, 0usize);
+    let (mut pooled_e, mut pooled_o) = (0.0, 0.0);
+    for k in keys {
+        let e = exact[k] * n as f64;
+        let o = *counts.get(k).unwrap_or(&0) as f64;
+        if e < 5.0 {
+            pooled_e += e;
+            pooled_o += o;
+        } else {
+            stat += (o - e) * (o - e) / e;
+            bins += 1;
+        }
+    }
+    if pooled_e > 0.0 {
+        stat += (pooled_o - pooled_e) * (pooled_o - pooled_e) / pooled_e;
+        bins += 1;
+    }
+    (stat, bins.saturating_sub(1), impossible)
+}
+
+/// About six standard deviations above the χ² mean: a correct sampler essentially never exceeds
+/// it, and with the fixed seeds below the outcome is deterministic anyway.
+fn threshold(df: usize) -> f64 {
+    df as f64 + 6.0 * (2.0 * df as f64).sqrt()
+}
+
+fn sample(
+    target: &HashLm,
+    draft: &HashLm,
+    sampler: Sampler,
+    gamma: usize,
+    fault: Fault,
+) -> HashMap<Vec<u32>, usize> {
+    let (mut t, mut d) = (target.clone(), draft.clone());
+    let mut counts = HashMap::new();
+    for i in 0..RUNS {
+        let cfg = GenConfig {
+            max_new_tokens: 6,
+            gamma,
+            sampler,
+            seed: derive_seed(2024, i as u64),
+            stop_at_eos: false,
+        };
+        let g = if fault == Fault::None {
+            generate_speculative(&mut t, &mut d, &PROMPT, &cfg)
+        } else {
+            speculative_with(
+                &mut t,
+                &mut d,
+                &PROMPT,
+                &cfg,
+                &mut Rng::new(cfg.seed),
+                fault,
+            )
+        }
+        .unwrap();
+        *counts.entry(g.tokens[..JOINT].to_vec()).or_default() += 1;
+    }
+    counts
+}
+
+fn tv(counts: &HashMap<Vec<u32>, usize>, exact: &HashMap<Vec<u32>, f64>) -> f64 {
+    let mut keys: Vec<&Vec<u32>> = counts.keys().chain(exact.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let f = |k: &Vec<u32>| *counts.get(k).unwrap_or(&0) as f64 / RUNS as f64;
+    0.5 * keys
+        .iter()
+        .map(|k| (f(k) - exact.get(*k).unwrap_or(&0.0)).abs())
+        .sum::<f64>()
+}
+
+/// Correct runs (two drafts, two γ) pass; every listed fault fails the same threshold.
+fn check(name: &str, sampler: Sampler, faults: &[Fault]) {
+    let m = models(4, 2.0);
+    let exact = exact_joint(&m.target, &PROMPT, JOINT, &sampler);
+    for (draft_name, draft, gamma) in [("unrelated", &m.unrelated, 3), ("related", &m.related, 2)] {
+        let counts = sample(&m.target, draft, sampler, gamma, Fault::None);
+        let (stat, df, impossible) = chi_square(&counts, &exact, RUNS);
+        println!(
+            "{name}, {draft_name} draft, γ={gamma}: χ²={stat:.1} (df {df}, threshold {:.1}), TV={:.4}",
+            threshold(df),
+            tv(&counts, &exact)
+        );
+        assert_eq!(impossible, 0, "{name}: sampled an outcome of probability 0");
+        assert!(
+            stat < threshold(df),
+            "{name}, {draft_name}: χ² {stat} over {}",
+            threshold(df)
+        );
+    }
+    for &fault in faults {
+        let counts = sample(&m.target, &m.unrelated, sampler, 3, fault);
+        let (stat, df, impossible) = chi_square(&counts, &exact, RUNS);
+        println!(
+            "{name}, {fault:?}: χ²={stat:.1} (df {df}, threshold {:.1}), TV={:.4}, impossible {impossible}",
+            threshold(df),
+            tv(&counts, &exact)
+        );
+        assert!(
+            impossible > 0 || stat > threshold(df),
+            "{name}: {fault:?} passed the test (χ² {stat})"
+        );
+    }
+}
+
+const ALL_FAULTS: [Fault; 3] = [Fault::RawDraftQ, Fault::ResidualFromP, Fault::RawTargetP];
+
+#[test]
+fn statistical_temperature() {
+    check("T=0.6", random(0.6, 0, 1.0), &ALL_FAULTS);
+}
+
+#[test]
+fn statistical_top_k() {
+    check("top-k=2", random(1.0, 2, 1.0), &ALL_FAULTS);
+}
+
+#[test]
+fn statistical_top_p() {
+    check("top-p=0.7", random(1.0, 0, 0.7), &ALL_FAULTS);
+}
+
+#[test]
+fn statistical_combined() {
+    check("T=1.5 k=3 p=0.9", random(1.5, 3, 0.9), &ALL_FAULTS);
+}

@@ -1,0 +1,172 @@
+// attention.cu: causal attention of M <= 16 queries over the KV cache, flash-decoding style.
+//
+// The key axis is cut into fixed splits of ATT_SPLIT positions (a constant, never a function
+// of M or of the context length). Pass 1 (attn_partial_f16), one block per (split, head):
+// scores for every query against the split's keys, the split's max, Σ exp and Σ p·v (f32).
+// Pass 2 (attn_combine_f16), one block per (head, query): rescales and adds the splits in
+// split order.
+//
+// Batch invariance: what query m computes depends only on its own q, pos[m] and the cache.
+// Scores are per (query, key) dot products in a fixed dim order; masked slots (key > pos[m])
+// hold −inf / 0 before the fixed-shape max and sum trees over the ATT_SPLIT slots; the p·v
+// sum runs over keys 0..=pos[m] of the split in key order; the combine runs over splits
+// 0..=pos[m]/ATT_SPLIT in order. So a query's output is bit-identical whether it is computed
+// alone (decode) or among up to 16 (verify / prefill chunk).
+//
+// KV cache layout (one layer): f16 [H, max_pos, hd] for K and for V.
+#include "common.cuh"
+
+#define ATT_SPLIT 128  // keys per split = threads per block of pass 1
+#define ATT_WARPS (ATT_SPLIT / 32)
+#define ATT_MAX_M 16
+#define ATT_MAX_HD 128
+
+// q:       f16 [M, H, hd]        rotated queries (hd % 8 == 0, hd <= 128)
+// k_cache: f16 [H, max_pos, hd]
+// v_cache: f16 [H, max_pos, hd]
+// pos:     i32 [M]               query m sees keys 0..=pos[m]
+// o_part:  f32 [M, H, n_split, hd] un-normalised Σ p·v of each split
+// ml_part: f32 [M, H, n_split, 2]  (max score, Σ exp(score − max)) of each split
+// Only splits s <= pos[m] / ATT_SPLIT are written for query m.
+// grid (n_split, H) with n_split = ceil(max_pos / ATT_SPLIT), block ATT_SPLIT.
+// A block whose split starts past every query's position exits at once, so the grid can be
+// sized for the cache capacity and captured once in a CUDA graph.
+extern "C" __global__ void __launch_bounds__(ATT_SPLIT)
+attn_partial_f16(const f16_t* __restrict__ q, const f16_t* __restrict__ k_cache,
+                 const f16_t* __restrict__ v_cache, const int* __restrict__ pos,
+                 float* __restrict__ o_part, float* __restrict__ ml_part, int M, int H, int hd,
+                 int max_pos, int n_split, float scale) {
+    __shared__ float qs[ATT_MAX_M][ATT_MAX_HD];  // scaled queries
+    __shared__ float ps[ATT_MAX_M][ATT_SPLIT];   // scores, then probabilities
+    __shared__ float red_max[ATT_WARPS][ATT_MAX_M];
+    __shared__ float red_sum[ATT_WARPS][ATT_MAX_M];
+    __shared__ int spos[ATT_MAX_M];
+
+    const int s = blockIdx.x, h = blockIdx.y;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int j0 = s * ATT_SPLIT;
+
+    if (tid < M) spos[tid] = min(pos[tid], max_pos - 1);
+    __syncthreads();
+    int last = -1;  // largest position any query sees
+    for (int m = 0; m < M; ++m) last = max(last, spos[m]);
+    if (j0 > last) return;  // uniform over the block
+
+    for (int i = tid; i < M * hd; i += ATT_SPLIT) {
+        const int m = i / hd, d = i % hd;
+        qs[m][d] = h2f(q[((size_t)m * H + h) * hd + d]) * scale;
+    }
+    __syncthreads();
+
+    // Scores: thread tid owns key j = j0 + tid.
+    const int j = j0 + tid;
+    const bool live = j <= last;  // j < max_pos follows
+    float acc[ATT_MAX_M];
+#pragma unroll
+    for (int m = 0; m < ATT_MAX_M; ++m) acc[m] = 0.0f;
+    if (live) {
+        const f16_t* krow = k_cache + ((size_t)h * max_pos + j) * hd;
+        for (int d8 = 0; d8 < hd; d8 += 8) {
+            float kf[8];
+            unpack8(ld_cached16(krow + d8), kf);
+#pragma unroll
+            for (int m = 0; m < ATT_MAX_M; ++m) {
+                if (m < M) {
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) acc[m] = fmaf(qs[m][d8 + e], kf[e], acc[m]);
+                }
+            }
+        }
+    }
+
+    // Per query: split max over the ATT_SPLIT slots (masked slots are −inf).
+#pragma unroll
+    for (int m = 0; m < ATT_MAX_M; ++m) {
+        if (m < M) {
+            const float sc = (live && j <= spos[m]) ? acc[m] : NEG_INF;
+            acc[m] = sc;
+            const float wm = warp_max(sc);
+            if (lane == 0) red_max[warp][m] = wm;
+        }
+    }
+    __syncthreads();
+    // p = exp(score − max), 0 on masked slots; fixed-tree sum over the slots.
+#pragma unroll
+    for (int m = 0; m < ATT_MAX_M; ++m) {
+        if (m < M) {
+            float mx = red_max[0][m];
+#pragma unroll
+            for (int w = 1; w < ATT_WARPS; ++w) mx = fmaxf(mx, red_max[w][m]);
+            const float p = (acc[m] == NEG_INF) ? 0.0f : expf(acc[m] - mx);
+            ps[m][tid] = p;
+            const float ws = warp_sum(p);
+            if (lane == 0) red_sum[warp][m] = ws;
+        }
+    }
+    __syncthreads();
+
+    // Σ p·v: thread = (query group g, dim pair dp); keys in order over the query's live range.
+    const int pairs = hd >> 1;
+    const int groups = ATT_SPLIT / pairs;
+    const int g = tid / pairs, dp = tid % pairs;
+    if (g < groups) {
+        for (int m = g; m < M; m += groups) {
+            const int limit = min(ATT_SPLIT, spos[m] + 1 - j0);  // keys j0 .. j0+limit-1
+            if (limit <= 0) continue;
+            const unsigned int* vcol =
+                reinterpret_cast<const unsigned int*>(v_cache + ((size_t)h * max_pos + j0) * hd) +
+                dp;
+            const int vstride = hd >> 1;  // in 32-bit words
+            float a0 = 0.0f, a1 = 0.0f;
+#pragma unroll 8
+            for (int jj = 0; jj < limit; ++jj) {
+                const unsigned int vv = vcol[(size_t)jj * vstride];
+                const float p = ps[m][jj];
+                a0 = fmaf(p, lo2f(vv), a0);
+                a1 = fmaf(p, hi2f(vv), a1);
+            }
+            const size_t base = ((size_t)m * H + h) * n_split + s;
+            o_part[base * hd + 2 * dp] = a0;
+            o_part[base * hd + 2 * dp + 1] = a1;
+            if (dp == 0) {
+                float mx = red_max[0][m], sum = red_sum[0][m];
+#pragma unroll
+                for (int w = 1; w < ATT_WARPS; ++w) {
+                    mx = fmaxf(mx, red_max[w][m]);
+                    sum += red_sum[w][m];
+                }
+                ml_part[base * 2] = mx;
+                ml_part[base * 2 + 1] = sum;
+            }
+        }
+    }
+}
+
+// o_part, ml_part: as written by attn_partial_f16
+// pos:  i32 [M]
+// out:  f16 [M, H·hd]   (row m = heads concatenated, the input of attention.dense)
+// grid (H, M), block = hd rounded up to a multiple of 32.
+extern "C" __global__ void attn_combine_f16(const float* __restrict__ o_part,
+                                            const float* __restrict__ ml_part,
+                                            const int* __restrict__ pos, f16_t* __restrict__ out,
+                                            int H, int hd, int max_pos, int n_split) {
+    const int h = blockIdx.x, m = blockIdx.y, d = threadIdx.x;
+    if (d >= hd) return;
+    const int p = pos[m];
+    const size_t o = (size_t)m * H * hd + (size_t)h * hd + d;
+    if (p < 0 || p >= max_pos) {
+        out[o] = 0x7e00;  // f16 NaN: an invalid position is loud
+        return;
+    }
+    const int ns = min(p / ATT_SPLIT + 1, n_split);
+    const size_t base = ((size_t)m * H + h) * n_split;
+    float mx = NEG_INF;
+    for (int s = 0; s < ns; ++s) mx = fmaxf(mx, ml_part[(base + s) * 2]);
+    float l = 0.0f, acc = 0.0f;
+    for (int s = 0; s < ns; ++s) {
+        const float w = expf(ml_part[(base + s) * 2] - mx);
+        l = fmaf(w, ml_part[(base + s) * 2 + 1], l);
+        acc = fmaf(w, o_part[(base + s) * hd + d], acc);
+    }
+    out[o] = f2h(acc / l);
+}
