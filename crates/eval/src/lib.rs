@@ -2,5 +2,7 @@
 
 pub mod bench;
 pub mod generate;
+pub mod gpu_check;
+pub mod kernels_bench;
 pub mod models;
 pub mod ppl;

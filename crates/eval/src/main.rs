@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use spedec_eval::bench::{markdown, run_bench, BenchOptions, DEFAULT_PROMPTS};
 use spedec_eval::generate::generate;
-use spedec_eval::models::{check_draft, load_model};
+use spedec_eval::models::{check_draft, load_model_on, Device};
 use spedec_eval::ppl::{perplexity, Method, Windows};
 use spedec_neox::source::write_atomic;
 use spedec_sampling::Sampler;
@@ -33,6 +33,26 @@ enum Command {
     Generate(GenerateArgs),
     /// Speed of small (draft AR), target (AR) and spec, the seed study's protocol.
     Bench(BenchArgs),
+    /// CPU kernel timings against the memory-bandwidth floor (decode, verify, prefill, per op).
+    BenchKernels(BenchKernelsArgs),
+    /// Check and time the CUDA backend on a GPU machine (`skipped: no CUDA device` without one).
+    GpuCheck(spedec_eval::gpu_check::GpuCheckArgs),
+}
+
+#[derive(Args)]
+struct BenchKernelsArgs {
+    /// Model to time: a model folder or synthetic:pythia-… .
+    #[arg(long, default_value = "synthetic:pythia-2.8b")]
+    model: String,
+    /// Untimed runs before each measurement.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed runs per measurement.
+    #[arg(long, default_value_t = 7)]
+    repeats: usize,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -73,6 +93,9 @@ struct BenchArgs {
     /// KV-cache length in tokens [default: the model's max positions].
     #[arg(long)]
     context: Option<usize>,
+    /// Where to run: cuda, cpu, or auto (cuda when a GPU is usable, else cpu).
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
     /// Write the full report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -96,6 +119,9 @@ struct PplArgs {
     /// Window length in tokens [default: the model's max positions].
     #[arg(long)]
     context: Option<usize>,
+    /// Where to run: cuda, cpu, or auto (cuda when a GPU is usable, else cpu).
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
     /// Window step for --method strided [default: context / 2].
     #[arg(long)]
     stride: Option<usize>,
@@ -151,6 +177,9 @@ struct GenerateArgs {
     /// KV-cache length in tokens [default: the model's max positions].
     #[arg(long)]
     context: Option<usize>,
+    /// Where to run: cuda, cpu, or auto (cuda when a GPU is usable, else cpu).
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
     /// Print one JSON line per sample on stdout.
     #[arg(long)]
     json: bool,
@@ -162,6 +191,8 @@ fn main() {
         Command::Ppl(args) => run_ppl(args),
         Command::Generate(args) => run_generate(args),
         Command::Bench(args) => run_bench_cmd(args),
+        Command::BenchKernels(args) => run_bench_kernels(args),
+        Command::GpuCheck(args) => spedec_eval::gpu_check::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
@@ -175,9 +206,9 @@ fn run_ppl(args: PplArgs) -> Result<()> {
     if text.is_empty() {
         anyhow::bail!("--text {} is empty: nothing to score", args.text.display());
     }
-    let mut target = load_model(&args.model, args.context)?;
+    let mut target = load_model_on(&args.model, args.context, args.device)?;
     let mut draft = match &args.draft {
-        Some(spec) => Some(load_model(spec, args.context)?),
+        Some(spec) => Some(load_model_on(spec, args.context, args.device)?),
         None => None,
     };
     if let Some(d) = &draft {
@@ -253,9 +284,9 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
         stop_at_eos: args.stop_at_eos,
     };
-    let mut target = load_model(&args.model, args.context)?;
+    let mut target = load_model_on(&args.model, args.context, args.device)?;
     let mut draft = match &args.draft {
-        Some(spec) => Some(load_model(spec, args.context)?),
+        Some(spec) => Some(load_model_on(spec, args.context, args.device)?),
         None => None,
     };
     let json = args.json;
@@ -312,8 +343,8 @@ fn run_bench_cmd(args: BenchArgs) -> Result<()> {
     };
     let sampler = Sampler::from_temperature(args.temperature, args.top_k, args.top_p)
         .context("invalid sampling flags")?;
-    let mut target = load_model(&args.target, args.context)?;
-    let mut draft = load_model(&args.draft, args.context)?;
+    let mut target = load_model_on(&args.target, args.context, args.device)?;
+    let mut draft = load_model_on(&args.draft, args.context, args.device)?;
     check_draft(&target, &draft)?;
     let prompts = prompt_texts
         .iter()
@@ -346,6 +377,25 @@ fn run_bench_cmd(args: BenchArgs) -> Result<()> {
         let mut value = serde_json::to_value(&report)?;
         value["target"] = target.name.clone().into();
         value["draft"] = draft.name.clone().into();
+        value["machine"] = machine_description().into();
+        write_atomic(path, serde_json::to_string_pretty(&value)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn run_bench_kernels(args: BenchKernelsArgs) -> Result<()> {
+    if args.repeats == 0 {
+        anyhow::bail!("--repeats must be at least 1");
+    }
+    let report = spedec_eval::kernels_bench::run(&args.model, args.warmup, args.repeats, |m| {
+        eprintln!("{m}")
+    })?;
+    println!(
+        "{}",
+        spedec_eval::kernels_bench::markdown(&report, &machine_description())
+    );
+    if let Some(path) = &args.json {
+        let mut value = serde_json::to_value(&report)?;
         value["machine"] = machine_description().into();
         write_atomic(path, serde_json::to_string_pretty(&value)?.as_bytes())?;
     }

@@ -207,8 +207,8 @@ mod tests {
             let mut scored = vec![0; n];
             for (b, e, f) in w.spans(n) {
                 assert!(e - b <= ctx && f > b);
-                for t in f..e {
-                    scored[t] += 1;
+                for count in &mut scored[f..e] {
+                    *count += 1;
                 }
             }
             assert_eq!(scored[0], 0);

@@ -131,7 +131,7 @@ impl Config {
                 bail!("{name} must be positive");
             }
         }
-        if self.hidden_size % self.num_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
             bail!(
                 "num_attention_heads ({}) must divide hidden_size ({})",
                 self.num_heads,
@@ -142,7 +142,7 @@ impl Config {
             bail!("rotary_pct must be in (0, 1], got {}", self.rotary_pct);
         }
         let rot = self.rotary_dims();
-        if rot == 0 || rot % 2 != 0 {
+        if rot == 0 || !rot.is_multiple_of(2) {
             bail!(
                 "rotary dims = head_dim {} × rotary_pct {} = {rot} must be even and positive",
                 self.head_dim(),

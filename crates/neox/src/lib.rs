@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod cpu;
+pub mod cuda_model;
 mod logits;
 pub mod model;
 pub mod source;
@@ -11,6 +12,7 @@ pub mod weights;
 
 pub use config::Config;
 pub use cpu::Isa;
+pub use cuda_model::{CudaModel, CudaOptions};
 pub use logits::Logits;
 pub use model::CpuModel;
 pub use source::ModelFiles;

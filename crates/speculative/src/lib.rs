@@ -10,6 +10,7 @@
 mod autoregressive;
 mod config;
 mod cpu;
+mod cuda;
 mod decide;
 mod lm;
 mod ppl;

@@ -1,0 +1,371 @@
+//! The correctness sections of `spedec gpu-check`: kernels, logits, consistency, speculative.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+use spedec_cuda::check::{all_passed, format_table, run_checks, CheckOptions};
+use spedec_neox::{Config, CpuModel, Isa, Tokenizer, Weights};
+use spedec_speculative::{generate_autoregressive, generate_speculative, GenConfig, Sampler};
+
+use super::report::{Outcome, Recorder, Status};
+use super::{compare, diff_outcome, skipped, test_tokens, to_json, Env, Model, LOGIT_TOL};
+
+/// The prompt of the speculative checks.
+pub(crate) const PROMPT: &str =
+    "The history of the city begins in the early nineteenth century, when";
+
+/// (a) Every kernel against its CPU reference at Pythia-70m and 2.8b shapes.
+pub(crate) fn kernels(env: &Env, rec: &mut Recorder) {
+    let Some(gpu) = env.gpu.clone() else {
+        rec.check("kernel self-check", || Ok(skipped("needs a GPU")));
+        return;
+    };
+    rec.check("kernel self-check (70m, 2.8b shapes; M = 1, 5, 16)", || {
+        println!("{}", gpu.describe());
+        for r in gpu.resources() {
+            println!("  {r}");
+        }
+        let opts = CheckOptions {
+            timing_reps: env.pick(10, 3),
+            ..CheckOptions::default()
+        };
+        let results = run_checks(&gpu, &opts)?;
+        println!("{}", format_table(&results));
+        let failed = results.iter().filter(|r| !r.pass).count();
+        let rows: Vec<Value> = results
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name, "shape": r.shape, "max_abs": r.max_abs, "max_rel": r.max_rel,
+                    "atol": r.atol, "rtol": r.rtol, "pass": r.pass, "time_us": r.time_us,
+                    "note": r.note,
+                })
+            })
+            .collect();
+        let resources: Vec<String> = gpu.resources().iter().map(|r| r.to_string()).collect();
+        Ok(Outcome::new(
+            Status::of(all_passed(&results)),
+            format!("{} passed, {failed} failed", results.len() - failed),
+            json!({ "device": gpu.describe(), "target": gpu.target(), "resources": resources,
+                    "results": rows }),
+        ))
+    });
+}
+
+/// Fixture folders: subfolders of `dir` with config.json and model.safetensors, sorted.
+fn fixture_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the fixture folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("config.json").is_file() && p.join("model.safetensors").is_file())
+        .collect();
+    out.sort();
+    ensure!(!out.is_empty(), "no fixture model under {}", dir.display());
+    Ok(out)
+}
+
+/// (input ids, HF logits) from a fixture's golden.safetensors.
+fn read_golden(path: &Path) -> Result<(Vec<u32>, Vec<f32>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let ids = st
+        .tensor("input_ids")
+        .map_err(|e| anyhow::anyhow!("input_ids: {e}"))?;
+    ensure!(
+        ids.dtype() == safetensors::Dtype::I64,
+        "input_ids must be I64"
+    );
+    let ids = ids
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as u32)
+        .collect();
+    let logits = st
+        .tensor("logits")
+        .map_err(|e| anyhow::anyhow!("logits: {e}"))?;
+    ensure!(
+        logits.dtype() == safetensors::Dtype::F32,
+        "logits must be F32"
+    );
+    let logits = logits
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok((ids, logits))
+}
+
+/// (b) CUDA vs CPU logits on the fixtures (and vs their HF goldens) and on the draft model.
+pub(crate) fn logits(env: &Env, rec: &mut Recorder) {
+    let dirs = match fixture_dirs(&env.args.fixtures) {
+        Ok(d) => d,
+        Err(e) => {
+            rec.check("fixture models", || Err(e));
+            Vec::new()
+        }
+    };
+    for dir in dirs {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let golden = dir.join("golden.safetensors");
+        let golden = if golden.is_file() {
+            read_golden(&golden).ok()
+        } else {
+            None
+        };
+        let mut device_logits: Option<(Vec<f32>, usize)> = None;
+        rec.check(&format!("fixture {name}: cuda vs cpu logits"), || {
+            let config = Config::from_file(&dir.join("config.json"))?;
+            let weights = Weights::load(&dir.join("model.safetensors"), &config)?;
+            let ids = match &golden {
+                Some((ids, _)) => ids.clone(),
+                None => test_tokens(24, config.vocab_size, 3),
+            };
+            let mut cpu = CpuModel::new(config.clone(), weights.clone(), None, Isa::detect())?;
+            let want = cpu.forward(&ids)?;
+            let mut dev = env.build(&config, &weights, None)?;
+            let got = dev.lm().forward(&ids)?;
+            let d = compare(
+                got.as_slice(),
+                want.as_slice(),
+                config.vocab_size,
+                LOGIT_TOL,
+                LOGIT_TOL,
+            )?;
+            device_logits = Some((got.into_vec(), config.vocab_size));
+            Ok(diff_outcome(&d, json!({ "tokens": ids.len() })))
+        });
+        if let (Some((_, hf)), Some((got, vocab))) = (&golden, &device_logits) {
+            rec.check(&format!("fixture {name}: cuda vs HF golden logits"), || {
+                let d = compare(got, hf, *vocab, LOGIT_TOL, LOGIT_TOL)?;
+                Ok(diff_outcome(&d, Value::Null))
+            });
+        }
+    }
+    let spec = env.args.draft.clone();
+    rec.check(&format!("{spec}: cuda vs cpu logits (40 tokens)"), || {
+        let (files, mut dev) = env.open(&spec, Some(256))?;
+        let ids = test_tokens(40, files.config.vocab_size, 5);
+        let got = dev.lm().forward(&ids)?;
+        let mut cpu = CpuModel::new(
+            files.config.clone(),
+            files.weights,
+            Some(256),
+            Isa::detect(),
+        )?;
+        let want = cpu.forward(&ids)?;
+        let d = compare(
+            got.as_slice(),
+            want.as_slice(),
+            files.config.vocab_size,
+            LOGIT_TOL,
+            LOGIT_TOL,
+        )?;
+        Ok(diff_outcome(&d, json!({ "tokens": ids.len() })))
+    });
+}
+
+/// First (row, col) where two logits buffers differ bitwise, with the largest difference.
+fn bitwise(a: &[f32], b: &[f32], vocab: usize) -> Result<Option<(usize, usize, f64)>> {
+    ensure!(
+        a.len() == b.len(),
+        "lengths differ: {} vs {}",
+        a.len(),
+        b.len()
+    );
+    let first = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x.to_bits() != y.to_bits());
+    Ok(first.map(|i| {
+        let max = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 - *y as f64).abs())
+            .fold(0.0, f64::max);
+        (i / vocab, i % vocab, max)
+    }))
+}
+
+fn bitwise_outcome(a: &[f32], b: &[f32], vocab: usize, what: &str) -> Result<Outcome> {
+    Ok(match bitwise(a, b, vocab)? {
+        None => Outcome::new(
+            Status::Pass,
+            format!("bit-identical over {} rows", a.len() / vocab),
+            json!({ "rows": a.len() / vocab, "identical": true }),
+        ),
+        Some((r, c, max)) => Outcome::new(
+            Status::Fail,
+            format!("{what}: first difference at row {r} col {c}, max|Δ| {max:.3e}"),
+            json!({ "identical": false, "row": r, "col": c, "max_abs": max }),
+        ),
+    })
+}
+
+/// (c) Prefill vs token-by-token vs truncate + re-decode, and graphs vs direct launches:
+/// bit-identical on the device.
+pub(crate) fn consistency(env: &Env, rec: &mut Recorder) {
+    let runs = [
+        (env.args.draft.clone(), env.pick(150, 40)),
+        (env.args.target.clone(), env.pick(140, 24)),
+    ];
+    for (spec, n) in runs {
+        let mut model: Option<(Model, usize, Vec<u32>, Vec<f32>)> = None;
+        rec.check(&format!("{spec}: prefill of {n} == token by token"), || {
+            let (files, mut m) = env.open(&spec, Some(256))?;
+            let vocab = files.config.vocab_size;
+            let ids = test_tokens(n, vocab, 11);
+            let prefill = m.lm().forward(&ids)?.into_vec();
+            m.lm().truncate(0)?;
+            let mut one = Vec::with_capacity(prefill.len());
+            for &t in &ids {
+                one.extend(m.lm().forward(&[t])?.into_vec());
+            }
+            let out = bitwise_outcome(&prefill, &one, vocab, "token by token");
+            model = Some((m, vocab, ids, prefill));
+            out
+        });
+        let Some((mut m, vocab, ids, prefill)) = model else {
+            continue;
+        };
+        rec.check(
+            &format!("{spec}: truncate to {} + re-decode in 5-row steps", n / 2),
+            || {
+                let keep = n / 2;
+                m.lm().truncate(keep)?;
+                let mut redo = prefill[..keep * vocab].to_vec();
+                for chunk in ids[keep..].chunks(5) {
+                    redo.extend(m.lm().forward(chunk)?.into_vec());
+                }
+                ensure!(
+                    m.lm().len() == n,
+                    "cache length {} after re-decode, expected {n}",
+                    m.lm().len()
+                );
+                bitwise_outcome(&prefill, &redo, vocab, "re-decode")
+            },
+        );
+        rec.check(&format!("{spec}: CUDA graphs == direct launches"), || {
+            let Some(before) = m.graph_stats() else {
+                return Ok(skipped("no graphs on the CPU"));
+            };
+            m.set_graphs(false);
+            m.lm().truncate(0)?;
+            let mut eager = m.lm().forward(&ids[..n - 8])?.into_vec();
+            for &t in &ids[n - 8..] {
+                eager.extend(m.lm().forward(&[t])?.into_vec());
+            }
+            m.set_graphs(true);
+            let mut out = bitwise_outcome(&prefill, &eager, vocab, "direct launches")?;
+            let used = before.enabled && before.captured > 0 && before.replays > 0;
+            if !used {
+                out.status = Status::Fail;
+                out.detail = format!(
+                    "graphs were not used: {} captured, {} replays, disabled: {}; {}",
+                    before.captured,
+                    before.replays,
+                    before.disabled_reason.as_deref().unwrap_or("no"),
+                    out.detail
+                );
+            } else {
+                out.detail = format!(
+                    "{} ({} graphs captured, {} replays, {} direct steps)",
+                    out.detail, before.captured, before.replays, before.eager_steps
+                );
+            }
+            if let Value::Object(map) = &mut out.data {
+                map.insert("graphs".into(), to_json(&before));
+            }
+            Ok(out)
+        });
+    }
+}
+
+/// (d) Greedy speculative == greedy autoregressive, token for token.
+pub(crate) fn speculative(env: &Env, rec: &mut Recorder) {
+    let tokenizer = Tokenizer::pythia();
+    let prompt = match tokenizer.encode(PROMPT) {
+        Ok(p) => p,
+        Err(e) => {
+            rec.check("tokenize the prompt", || Err(e));
+            return;
+        }
+    };
+    let new = env.pick(64, 24);
+    let cfg = GenConfig {
+        max_new_tokens: new,
+        gamma: 4,
+        sampler: Sampler::Greedy,
+        seed: 0,
+        stop_at_eos: false,
+    };
+    let (target_spec, draft_spec) = (env.args.target.clone(), env.args.draft.clone());
+    let mut draft: Option<Model> = None;
+    rec.check(
+        &format!("greedy spec == greedy AR ({target_spec} ← {draft_spec}, γ=4, {new} tokens)"),
+        || {
+            let (_, mut t) = env.open(&target_spec, Some(512))?;
+            let (_, mut d) = env.open(&draft_spec, Some(512))?;
+            let ar = generate_autoregressive(t.lm(), &prompt, &cfg)?;
+            let spec = generate_speculative(t.lm(), d.lm(), &prompt, &cfg)?;
+            draft = Some(d);
+            same_tokens(&ar.tokens, &spec.tokens, &spec.stats, None)
+        },
+    );
+    rec.check(
+        &format!("greedy self-draft ({draft_spec} ← itself): identical, acceptance 1"),
+        || {
+            let mut d = match draft.take() {
+                Some(d) => d,
+                None => env.open(&draft_spec, Some(512))?.1,
+            };
+            let (_, mut d2) = env.open(&draft_spec, Some(512))?;
+            let ar = generate_autoregressive(d.lm(), &prompt, &cfg)?;
+            let spec = generate_speculative(d.lm(), d2.lm(), &prompt, &cfg)?;
+            same_tokens(&ar.tokens, &spec.tokens, &spec.stats, Some(1.0))
+        },
+    );
+}
+
+fn same_tokens(
+    ar: &[u32],
+    spec: &[u32],
+    stats: &spedec_speculative::Stats,
+    want_acceptance: Option<f64>,
+) -> Result<Outcome> {
+    let rate = stats.acceptance_rate.unwrap_or(0.0);
+    let diverge = ar.iter().zip(spec).position(|(a, b)| a != b);
+    let mut ok = ar.len() == spec.len() && diverge.is_none();
+    let mut detail = match diverge {
+        None if ar.len() == spec.len() => format!("{} tokens identical", ar.len()),
+        None => format!("lengths differ: AR {} vs spec {}", ar.len(), spec.len()),
+        Some(i) => format!(
+            "first difference at token {i}: AR {} vs spec {}",
+            ar[i], spec[i]
+        ),
+    };
+    detail += &format!(
+        "; acceptance {:.3} over {} verify steps, {:.2} tokens/step",
+        rate,
+        stats.verify_steps,
+        stats.mean_accepted_length.unwrap_or(0.0)
+    );
+    if let Some(want) = want_acceptance {
+        if rate != want {
+            ok = false;
+            detail += &format!(" (expected exactly {want})");
+        }
+    }
+    if ar.is_empty() {
+        bail!("no tokens generated");
+    }
+    Ok(Outcome::new(
+        Status::of(ok),
+        detail,
+        json!({ "ar_tokens": ar, "spec_tokens": spec, "stats": to_json(stats) }),
+    ))
+}

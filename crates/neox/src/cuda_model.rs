@@ -1,0 +1,161 @@
+//! The GPT-NeoX model on a CUDA GPU: [`CudaModel`] has `forward` / `truncate` / `len` like
+//! [`crate::CpuModel`], with f16 weights and activations, an f32 residual stream, f32
+//! accumulation and f32 logits.
+//!
+//! - Weights: f16 checkpoints are uploaded as they are; bf16 and f32 checkpoints are
+//!   rounded to f16 at upload (a value beyond the f16 range is an error). LayerNorm
+//!   parameters and biases are f16 too.
+//! - KV cache: f16, allocated once for `capacity` positions; `truncate` moves the length.
+//! - `forward(tokens)` takes any number of tokens and runs them in steps of at most 16 rows
+//!   (the kernels' limit; exact, since every kernel is batch invariant), copying each step's
+//!   f32 logits to the host. No step allocates device memory; token ids and positions are
+//!   written into device arrays, and each step's launches are replayed from a CUDA graph
+//!   per row count ([`device`] explains the design; `SPEDEC_CUDA_GRAPHS=0` turns graphs
+//!   off).
+//!
+//! Modules: [`engine`] (the forward over any kernel backend, step by step like the CPU
+//! model), [`device`] (the GPU backend and its graphs).
+
+pub mod device;
+pub mod engine;
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, Result};
+use spedec_cuda::GpuContext;
+
+use crate::config::Config;
+use crate::logits::Logits;
+use crate::weights::Weights;
+
+pub use device::{CudaOps, GraphStats};
+pub use engine::{Engine, ForwardBackend, MAX_ROWS};
+
+/// Environment variable that turns CUDA graphs off when set to `0` (or `false` / `off`).
+pub const GRAPHS_ENV: &str = "SPEDEC_CUDA_GRAPHS";
+
+/// Whether CUDA graphs are on by default: yes unless `SPEDEC_CUDA_GRAPHS` is `0`, `false`
+/// or `off`.
+pub fn graphs_from_env() -> bool {
+    !matches!(
+        std::env::var(GRAPHS_ENV).as_deref().map(str::trim),
+        Ok("0") | Ok("false") | Ok("off")
+    )
+}
+
+/// The process's GPU context (device 0), created on first use and shared by every model, so
+/// draft and target run on one stream and compile the kernels once.
+///
+/// Event tracking is turned off on its CUDA context: cudarc would otherwise record and wait
+/// on events around every buffer use, which is illegal inside a graph capture. That is
+/// sound here because all work of this context goes to its single stream.
+pub fn shared_gpu() -> Result<Arc<GpuContext>> {
+    static SHARED: Mutex<Option<Arc<GpuContext>>> = Mutex::new(None);
+    let mut slot = SHARED
+        .lock()
+        .map_err(|_| anyhow!("GPU context lock poisoned"))?;
+    if let Some(gpu) = slot.as_ref() {
+        return Ok(gpu.clone());
+    }
+    let gpu = Arc::new(GpuContext::new(0)?);
+    // SAFETY: every buffer and launch of this context uses its one stream (see above).
+    unsafe { gpu.cuda().disable_event_tracking() };
+    *slot = Some(gpu.clone());
+    Ok(gpu)
+}
+
+/// How a [`CudaModel`] is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// KV-cache length in positions (default: the model's max positions).
+    pub capacity: Option<usize>,
+    /// Record and replay CUDA graphs (default: on unless `SPEDEC_CUDA_GRAPHS=0`).
+    pub graphs: bool,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions {
+            capacity: None,
+            graphs: graphs_from_env(),
+        }
+    }
+}
+
+/// A GPT-NeoX model on a GPU holding its own KV cache.
+pub struct CudaModel {
+    engine: Engine<CudaOps>,
+}
+
+impl CudaModel {
+    /// Upload `weights` (as f16) to `gpu` and allocate the cache and scratch.
+    pub fn new(
+        gpu: Arc<GpuContext>,
+        config: &Config,
+        weights: &Weights,
+        options: &CudaOptions,
+    ) -> Result<Self> {
+        let ops = CudaOps::new(gpu, options.graphs);
+        let engine = Engine::new(ops, config, weights, options.capacity)?;
+        Ok(CudaModel { engine })
+    }
+
+    /// [`CudaModel::new`] on the process's shared GPU context ([`shared_gpu`]).
+    pub fn on_shared_gpu(
+        config: &Config,
+        weights: &Weights,
+        options: &CudaOptions,
+    ) -> Result<Self> {
+        Self::new(shared_gpu()?, config, weights, options)
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &Config {
+        self.engine.config()
+    }
+
+    /// The device context.
+    pub fn gpu(&self) -> &Arc<GpuContext> {
+        self.engine.backend().gpu()
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.engine.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.engine.is_empty()
+    }
+
+    /// Positions the cache holds.
+    pub fn capacity(&self) -> usize {
+        self.engine.capacity()
+    }
+
+    /// Bytes of f16 weights one decode step reads (every layer matrix and `embed_out`).
+    pub fn bytes_per_token(&self) -> usize {
+        self.engine.bytes_per_token()
+    }
+
+    /// Keeps the first `len` cached positions.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        self.engine.truncate(len)
+    }
+
+    /// Appends `tokens` after the cached ones; returns logits `[tokens.len(), vocab]`.
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<Logits> {
+        self.engine.forward(tokens)
+    }
+
+    /// Graph counters.
+    pub fn graph_stats(&self) -> GraphStats {
+        self.engine.backend().graph_stats().clone()
+    }
+
+    /// Turn CUDA graphs on or off (recorded graphs are dropped either way).
+    pub fn set_graphs(&mut self, enabled: bool) {
+        self.engine.backend_mut().set_graphs(enabled);
+    }
+}

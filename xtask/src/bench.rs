@@ -1,0 +1,808 @@
+//! `cargo xtask bench`: the seed study's speed experiment — small (draft alone), target (alone)
+//! and speculative decoding — through `spedec bench`, on Pythia-70m → Pythia-2.8b by default
+//! (downloaded when missing) or on synthetic weights of the same shapes. Writes
+//! `results/bench[-…]-<date>-<device>.{json,md}` and prints the table; a list of γ values or
+//! of drafts makes a sweep with an SVG plot of speedup (measured and predicted) and acceptance.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::common::{
+    self, check_vocab, fmt_opt, num, write_atomic, Device, ModelRef, ModelSource, Spedec,
+};
+use crate::plot::{self, Panel, Series};
+
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = AFTER_HELP)]
+pub struct Args {
+    /// Target model: a Pythia name (pythia-2.8b or 2.8b), a model folder, or a synthetic: spec
+    #[arg(long, default_value = "pythia-2.8b", value_name = "MODEL")]
+    pub target: String,
+
+    /// Draft model(s), comma-separated; several make a draft sweep (e.g. 14m,70m,160m,410m)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "pythia-70m",
+        value_name = "MODELS"
+    )]
+    pub draft: Vec<String>,
+
+    /// Draft tokens per verify step, comma-separated; several make a γ sweep (e.g. 1,2,4,8)
+    #[arg(long, value_delimiter = ',', default_value = "4", value_name = "LIST",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub gamma: Vec<u32>,
+
+    /// Seeded random weights of the exact Pythia shapes, no download: timings only, acceptance
+    /// (and every speedup of spec) is meaningless
+    #[arg(long)]
+    pub synthetic: bool,
+
+    /// New tokens per run
+    #[arg(long, default_value_t = 200, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_new_tokens: u32,
+
+    /// Measured runs per prompt and mode
+    #[arg(long, default_value_t = 5, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+
+    /// Warm-up runs per mode, not measured
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub warmup: u32,
+
+    /// Text file with one prompt per line [default: spedec's four built-in prompts]
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+
+    /// Sampling temperature; 0 = greedy (the seed study's setting)
+    #[arg(long, default_value_t = 0.0, value_name = "T")]
+    pub temperature: f32,
+
+    /// Top-k filter when sampling (0 = off)
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<u32>,
+
+    /// Top-p filter when sampling (1 = off)
+    #[arg(long, value_name = "P")]
+    pub top_p: Option<f32>,
+
+    /// Seed of the sampler
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// KV-cache length in tokens [default: the model's 2048 positions]
+    #[arg(long, value_name = "N")]
+    pub context: Option<u32>,
+
+    /// Where spedec runs (passed on when the spedec binary has --device)
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+
+    /// Folder for the result files
+    #[arg(long, default_value = "results", value_name = "DIR")]
+    pub results_dir: PathBuf,
+
+    /// Folder with models/<name> (as `cargo xtask download --dest` writes it)
+    #[arg(long, default_value = "data", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Fail instead of downloading missing models
+    #[arg(long)]
+    pub no_download: bool,
+
+    /// spedec binary to run [default: $SPEDEC_BIN, else built with `cargo build --release -p
+    /// spedec-eval`]
+    #[arg(long, value_name = "PATH")]
+    pub spedec: Option<PathBuf>,
+}
+
+const AFTER_HELP: &str = "\
+Each (draft, γ) pair is one `spedec bench` run: every mode (small = draft alone, target alone,
+spec) generates --max-new-tokens tokens for each prompt, --warmup times unmeasured, then --runs
+times measured. Cells are median (min–max) over prompts × runs.
+
+Output, in --results-dir (written under a temporary name, then renamed):
+  bench-<date>-<device>.json / .md             one run (spedec's JSON report + how it was run)
+  bench-synthetic-<date>-<device>.*            the same with --synthetic
+  bench-{gamma,draft}-sweep-<date>-<device>.*  sweeps, with a .svg plot
+<date> is YYYY-MM-DD (UTC), <device> cpu-<cpu name> or cuda-<gpu name>, as spedec reports it.
+
+Examples:
+  cargo xtask bench                                  # Pythia-70m -> Pythia-2.8b, γ = 4
+  cargo xtask bench --synthetic --max-new-tokens 32 --runs 2
+  cargo xtask bench --gamma 1,2,4,8 --runs 3
+  cargo xtask bench --draft pythia-14m,70m,160m,410m";
+
+/// How a result was obtained, recorded beside it.
+#[derive(Clone, Debug)]
+pub struct Meta {
+    pub date: String,
+    /// spedec's description of the machine (CPU, or GPU).
+    pub machine: String,
+    /// File-name tag of the device, e.g. `cpu-amd-epyc`.
+    pub device: String,
+    pub device_requested: Device,
+    pub command: String,
+    pub synthetic: bool,
+    /// `greedy` or the sampling parameters.
+    pub sampling: String,
+    pub load_before: Option<String>,
+    pub load_after: Option<String>,
+    pub threads: usize,
+    pub wall_s: f64,
+    pub git_commit: Option<String>,
+}
+
+/// What a synthetic run's numbers mean.
+pub const SYNTHETIC_NOTE: &str = "Synthetic weights (seeded random values, exact Pythia \
+shapes): the timings of each mode and the cost ratio c are real measurements of models of these \
+sizes, but the acceptance rate α and everything derived from it (mean accepted length, spec's \
+speedup, the predicted speedup) are NOT meaningful — random models agree only by chance. Use \
+real weights for acceptance.";
+
+impl Meta {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "date": self.date,
+            "machine": self.machine,
+            "device": self.device,
+            "device_requested": self.device_requested.as_str(),
+            "command": self.command,
+            "synthetic": self.synthetic,
+            "note": self.synthetic.then_some(SYNTHETIC_NOTE),
+            "sampling": self.sampling,
+            "load_average_before": self.load_before,
+            "load_average_after": self.load_after,
+            "cpu_threads": self.threads,
+            "wall_s": self.wall_s,
+            "git_commit": self.git_commit,
+        })
+    }
+
+    fn how_measured(&self) -> String {
+        let load = match (&self.load_before, &self.load_after) {
+            (Some(a), Some(b)) => format!(
+                " Load average (1, 5, 15 min) before: {a}, after: {b}, on {} CPU threads — a \
+                 load above the thread count means other processes shared the machine and the \
+                 timings are noisy.",
+                self.threads
+            ),
+            _ => String::new(),
+        };
+        let commit = self
+            .git_commit
+            .as_deref()
+            .map_or(String::new(), |c| format!(" at commit {c}"));
+        format!(
+            "Measured {} on {} (`{}`){commit} with `{}`, {}; {:.0} s in all.{load}",
+            self.date, self.machine, self.device, self.command, self.sampling, self.wall_s
+        )
+    }
+}
+
+/// One `spedec bench` run of a sweep.
+#[derive(Clone, Debug)]
+pub struct Point {
+    pub draft: ModelRef,
+    pub gamma: u32,
+    pub report: Value,
+}
+
+/// Entry point of the subcommand.
+pub fn run(args: &Args) -> Result<()> {
+    if let Some(path) = &args.prompts {
+        if !path.is_file() {
+            bail!("--prompts {} does not exist", path.display());
+        }
+    }
+    let mut gammas: Vec<u32> = Vec::new();
+    for &g in &args.gamma {
+        if !gammas.contains(&g) {
+            gammas.push(g);
+        }
+    }
+    let source = ModelSource {
+        synthetic: args.synthetic,
+        data_dir: &args.data_dir,
+        download: !args.no_download,
+    };
+    // Synthetic drafts get another seed, so a draft of the target's size is another model.
+    let mut names = vec![(args.target.clone(), 0)];
+    names.extend(args.draft.iter().map(|d| (d.clone(), 1)));
+    let models = source.resolve(&names)?;
+    let (target, drafts) = (models[0].clone(), models[1..].to_vec());
+    for draft in &drafts {
+        check_vocab(&target, draft)?;
+    }
+    let spedec = Spedec::locate(args.spedec.as_deref())?;
+    let device_args = spedec.device_args("bench", args.device)?;
+    fs::create_dir_all(&args.results_dir)
+        .with_context(|| format!("cannot create {}", args.results_dir.display()))?;
+
+    let load_before = common::load_average();
+    let start = Instant::now();
+    let total = drafts.len() * gammas.len();
+    let mut points = Vec::new();
+    for draft in &drafts {
+        for &gamma in &gammas {
+            eprintln!(
+                "[{}/{total}] spedec bench: {} -> {}, γ = {gamma}",
+                points.len() + 1,
+                draft.label,
+                target.label
+            );
+            let tmp = args.results_dir.join(format!(
+                ".bench-{}-{}.json",
+                std::process::id(),
+                points.len()
+            ));
+            let mut cmd = vec![
+                "bench".to_string(),
+                "--target".into(),
+                target.spec.clone(),
+                "--draft".into(),
+                draft.spec.clone(),
+                "--gamma".into(),
+                gamma.to_string(),
+            ];
+            cmd.extend(pass_through(args));
+            cmd.extend(device_args.iter().cloned());
+            cmd.extend(["--json".into(), tmp.display().to_string()]);
+            let result = spedec.run(&cmd).and_then(|_| read_report(&tmp));
+            let _ = fs::remove_file(&tmp);
+            points.push(Point {
+                draft: draft.clone(),
+                gamma,
+                report: result?,
+            });
+        }
+    }
+    let machine = common::report_machine(&points[0].report)
+        .unwrap_or_else(|| common::fallback_machine(args.device, !device_args.is_empty()));
+    let meta = Meta {
+        date: common::today(),
+        device: common::device_tag(&machine),
+        machine,
+        device_requested: args.device,
+        command: common::command_line(),
+        synthetic: args.synthetic,
+        sampling: sampling(args),
+        load_before,
+        load_after: common::load_average(),
+        threads: common::cpu_threads(),
+        wall_s: start.elapsed().as_secs_f64(),
+        git_commit: common::git_commit(),
+    };
+    let written = if points.len() == 1 {
+        write_single(&args.results_dir, &target, &points[0], &meta)?
+    } else {
+        write_sweep(&args.results_dir, &target, &points, &meta)?
+    };
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn read_report(path: &Path) -> Result<Value> {
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("spedec wrote no report to {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("bad JSON from spedec in {}", path.display()))
+}
+
+/// The options handed to `spedec bench` unchanged.
+fn pass_through(args: &Args) -> Vec<String> {
+    let mut out = vec![
+        "--max-new-tokens".to_string(),
+        args.max_new_tokens.to_string(),
+        "--runs".into(),
+        args.runs.to_string(),
+        "--warmup".into(),
+        args.warmup.to_string(),
+        "--temperature".into(),
+        args.temperature.to_string(),
+    ];
+    let optional = [
+        (
+            "--prompts",
+            args.prompts.as_ref().map(|p| p.display().to_string()),
+        ),
+        ("--top-k", args.top_k.map(|v| v.to_string())),
+        ("--top-p", args.top_p.map(|v| v.to_string())),
+        ("--seed", args.seed.map(|v| v.to_string())),
+        ("--context", args.context.map(|v| v.to_string())),
+    ];
+    for (flag, value) in optional {
+        if let Some(value) = value {
+            out.extend([flag.to_string(), value]);
+        }
+    }
+    out
+}
+
+fn sampling(args: &Args) -> String {
+    if args.temperature == 0.0 {
+        return "greedy decoding".into();
+    }
+    let mut s = format!("sampling at temperature {}", args.temperature);
+    if let Some(k) = args.top_k {
+        s += &format!(", top-k {k}");
+    }
+    if let Some(p) = args.top_p {
+        s += &format!(", top-p {p}");
+    }
+    s + &format!(", seed {}", args.seed.unwrap_or(0))
+}
+
+fn file_stem(kind: &str, meta: &Meta) -> String {
+    let synthetic = if meta.synthetic { "-synthetic" } else { "" };
+    format!("bench{synthetic}{kind}-{}-{}", meta.date, meta.device)
+}
+
+fn write_single(dir: &Path, target: &ModelRef, point: &Point, meta: &Meta) -> Result<Vec<PathBuf>> {
+    let mut report = point.report.clone();
+    report["xtask"] = meta.to_json();
+    let table = markdown(&point.report, &target.label, &point.draft.label, meta);
+    println!("{table}");
+    let stem = file_stem("", meta);
+    let json_path = dir.join(format!("{stem}.json"));
+    let md_path = dir.join(format!("{stem}.md"));
+    write_atomic(
+        &json_path,
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    write_atomic(&md_path, table.as_bytes())?;
+    Ok(vec![json_path, md_path])
+}
+
+/// `median (min–max)` of a spedec summary (`{median,min,max,n}`), scaled.
+fn cell(summary: &Value, scale: f64, digits: usize) -> String {
+    match (
+        num(&summary["median"]),
+        num(&summary["min"]),
+        num(&summary["max"]),
+    ) {
+        (Some(med), Some(lo), Some(hi)) => format!(
+            "{:.digits$} ({:.digits$}–{:.digits$})",
+            med * scale,
+            lo * scale,
+            hi * scale
+        ),
+        _ => "—".into(),
+    }
+}
+
+fn mode<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["modes"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["mode"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+/// The seed study's speed table (TTFT in s, TPOT in ms, throughput) plus the speculative
+/// statistics, for one `spedec bench` report.
+pub fn markdown(report: &Value, target: &str, draft: &str, meta: &Meta) -> String {
+    let mut out = format!("## Speed: {draft} → {target}, γ = {}\n\n", report["gamma"]);
+    if meta.synthetic {
+        out += &format!("> **Note.** {SYNTHETIC_NOTE}\n\n");
+    }
+    out += &mode_tables(report, target, draft);
+    out += &format!(
+        "\nEach mode: {} prompt(s) × {} measured run(s) after {} warm-up run(s), {} new tokens \
+         per run; cells are median (min–max) over prompts × runs. TTFT: start to the first new \
+         token (prefill included); TPOT: (total − TTFT) / (new tokens − 1); throughput: new \
+         tokens / total time. c = small TPOT / target TPOT; predicted speedup = (1 − α^(γ+1)) / \
+         ((1 − α)(γc + 1)) (Leviathan et al., 2023).\n\n{}\n",
+        report["prompts"].as_array().map_or(0, Vec::len),
+        report["runs"],
+        report["warmup"],
+        report["max_new_tokens"],
+        meta.how_measured()
+    );
+    out
+}
+
+/// The mode table and the statistics table of one report.
+fn mode_tables(report: &Value, target: &str, draft: &str) -> String {
+    let mut out = String::from(
+        "| model / mode | TTFT (s) | TPOT (ms) | throughput (tokens/s) |\n|---|---|---|---|\n",
+    );
+    for (name, label) in [
+        ("small", format!("{draft} (small)")),
+        ("target", format!("{target} (target)")),
+        ("spec", "speculative decoding (spec)".to_string()),
+    ] {
+        let m = mode(report, name);
+        out += &format!(
+            "| {label} | {} | {} | {} |\n",
+            cell(&m["ttft_ms"], 1e-3, 4),
+            cell(&m["tpot_ms"], 1.0, 2),
+            cell(&m["throughput_tok_s"], 1.0, 2)
+        );
+    }
+    let spec = mode(report, "spec");
+    let times = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.3}×"));
+    let per_pos: Vec<String> = spec["acceptance_per_position"]
+        .as_array()
+        .map(|a| a.iter().map(|v| fmt_opt(num(v), 3)).collect())
+        .unwrap_or_default();
+    let histogram: Vec<String> = spec["accepted_length_histogram"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.to_string()).collect())
+        .unwrap_or_default();
+    out += "\n| statistic | value |\n|---|---|\n";
+    out += &format!(
+        "| speedup, TPOT (target / spec) | {} |\n",
+        times(num(&report["speedup_tpot"]))
+    );
+    out += &format!(
+        "| speedup, throughput (spec / target) | {} |\n",
+        times(num(&report["speedup_throughput"]))
+    );
+    out += &format!(
+        "| acceptance rate α (accepted / drafted) | {} |\n",
+        fmt_opt(num(&spec["acceptance_rate"]), 3)
+    );
+    out += &format!(
+        "| mean accepted length (tokens per verify step) | {} |\n",
+        fmt_opt(num(&spec["mean_accepted_length"]), 3)
+    );
+    out += &format!(
+        "| acceptance by draft position 1..γ | {} |\n",
+        per_pos.join(", ")
+    );
+    out += &format!(
+        "| verify steps by accepted drafts 0..γ | {} |\n",
+        histogram.join(", ")
+    );
+    out += &format!(
+        "| cost ratio c (small TPOT / target TPOT) | {} |\n",
+        fmt_opt(num(&report["cost_ratio"]), 4)
+    );
+    out += &format!(
+        "| predicted speedup (Leviathan et al., from α, γ, c) | {} |\n",
+        times(num(&report["predicted_speedup"]))
+    );
+    let secs = |k: &str| num(&spec[k]).unwrap_or(0.0);
+    let parts = [
+        secs("draft_s"),
+        secs("target_s"),
+        secs("sampling_s"),
+        secs("prefill_s"),
+    ];
+    let sum: f64 = parts.iter().sum();
+    if sum > 0.0 {
+        let pct: Vec<String> = parts
+            .iter()
+            .map(|p| format!("{:.0}%", 100.0 * p / sum))
+            .collect();
+        out += &format!(
+            "| spec time: draft / verify / sampling / prefill | {} |\n",
+            pct.join(" / ")
+        );
+    }
+    out
+}
+
+fn write_sweep(
+    dir: &Path,
+    target: &ModelRef,
+    points: &[Point],
+    meta: &Meta,
+) -> Result<Vec<PathBuf>> {
+    let mut drafts: Vec<String> = Vec::new();
+    let mut gammas: Vec<u32> = Vec::new();
+    for p in points {
+        if !drafts.contains(&p.draft.label) {
+            drafts.push(p.draft.label.clone());
+        }
+        if !gammas.contains(&p.gamma) {
+            gammas.push(p.gamma);
+        }
+    }
+    let kind = match (drafts.len() > 1, gammas.len() > 1) {
+        (true, false) => "-draft-sweep",
+        (false, true) => "-gamma-sweep",
+        _ => "-sweep",
+    };
+    let stem = file_stem(kind, meta);
+    let svg_name = format!("{stem}.svg");
+    let table = sweep_markdown(points, &target.label, meta, &svg_name);
+    println!("{table}");
+    let report = json!({
+        "xtask": meta.to_json(),
+        "target": target.label,
+        "drafts": drafts,
+        "gammas": gammas,
+        "points": points.iter().map(|p| {
+            let mut r = p.report.clone();
+            r["draft_label"] = p.draft.label.clone().into();
+            r
+        }).collect::<Vec<_>>(),
+    });
+    let svg = sweep_plot(points, &target.label, meta.synthetic);
+    let paths = [
+        dir.join(format!("{stem}.json")),
+        dir.join(format!("{stem}.md")),
+        dir.join(&svg_name),
+    ];
+    write_atomic(&paths[0], serde_json::to_string_pretty(&report)?.as_bytes())?;
+    write_atomic(&paths[1], table.as_bytes())?;
+    write_atomic(&paths[2], svg.as_bytes())?;
+    Ok(paths.to_vec())
+}
+
+/// A summary row per (draft, γ), then each run's full tables.
+pub fn sweep_markdown(points: &[Point], target: &str, meta: &Meta, svg_name: &str) -> String {
+    let mut out = format!("## Speed sweep: drafts → {target}\n\n");
+    if meta.synthetic {
+        out += &format!("> **Note.** {SYNTHETIC_NOTE}\n\n");
+    }
+    out += &format!("![speedup and acceptance]({svg_name})\n\n");
+    out += "| draft | γ | α | mean accepted length | c | speedup, TPOT | speedup, throughput | \
+            predicted speedup | spec TPOT (ms) | target TPOT (ms) |\n\
+            |---|---|---|---|---|---|---|---|---|---|\n";
+    for p in points {
+        let r = &p.report;
+        let spec = mode(r, "spec");
+        let tpot = |m: &str| fmt_opt(num(&mode(r, m)["tpot_ms"]["median"]), 2);
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            p.draft.label,
+            p.gamma,
+            fmt_opt(num(&spec["acceptance_rate"]), 3),
+            fmt_opt(num(&spec["mean_accepted_length"]), 3),
+            fmt_opt(num(&r["cost_ratio"]), 4),
+            fmt_opt(num(&r["speedup_tpot"]), 3),
+            fmt_opt(num(&r["speedup_throughput"]), 3),
+            fmt_opt(num(&r["predicted_speedup"]), 3),
+            tpot("spec"),
+            tpot("target"),
+        );
+    }
+    if let Some(first) = points.first() {
+        out += &format!(
+            "\nEvery point is its own `spedec bench` run (small, target and spec, each {} \
+             prompt(s) × {} run(s) after {} warm-up, {} new tokens); speedups are of spec over \
+             that run's target, from medians.\n\n{}\n",
+            first.report["prompts"].as_array().map_or(0, Vec::len),
+            first.report["runs"],
+            first.report["warmup"],
+            first.report["max_new_tokens"],
+            meta.how_measured()
+        );
+    }
+    for p in points {
+        out += &format!("\n### {} → {target}, γ = {}\n\n", p.draft.label, p.gamma);
+        out += &mode_tables(&p.report, target, &p.draft.label);
+    }
+    out
+}
+
+/// Speedup (measured from TPOT, predicted) and acceptance against γ, or against the draft when
+/// only the draft varies; one series per draft when both vary.
+pub fn sweep_plot(points: &[Point], target: &str, synthetic: bool) -> String {
+    let mut drafts: Vec<&str> = Vec::new();
+    let mut gammas: Vec<u32> = Vec::new();
+    for p in points {
+        if !drafts.contains(&p.draft.label.as_str()) {
+            drafts.push(&p.draft.label);
+        }
+        if !gammas.contains(&p.gamma) {
+            gammas.push(p.gamma);
+        }
+    }
+    let by_draft = gammas.len() == 1;
+    let ticks: Vec<String> = if by_draft {
+        drafts.iter().map(|d| d.to_string()).collect()
+    } else {
+        gammas.iter().map(u32::to_string).collect()
+    };
+    // (series suffix, x index) → point
+    let groups: Vec<(String, Vec<Option<&Point>>)> = if by_draft {
+        vec![(
+            String::new(),
+            drafts
+                .iter()
+                .map(|d| points.iter().find(|p| p.draft.label == *d))
+                .collect(),
+        )]
+    } else {
+        drafts
+            .iter()
+            .map(|d| {
+                let suffix = if drafts.len() > 1 {
+                    format!(", {d}")
+                } else {
+                    String::new()
+                };
+                let row = gammas
+                    .iter()
+                    .map(|g| points.iter().find(|p| p.draft.label == *d && p.gamma == *g))
+                    .collect();
+                (suffix, row)
+            })
+            .collect()
+    };
+    let values = |row: &[Option<&Point>], f: &dyn Fn(&Value) -> Option<f64>| {
+        row.iter()
+            .map(|p| p.and_then(|p| f(&p.report)))
+            .collect::<Vec<_>>()
+    };
+    let mut speed = Vec::new();
+    let mut accept = Vec::new();
+    for (suffix, row) in &groups {
+        speed.push(Series {
+            name: format!("measured speedup (TPOT){suffix}"),
+            values: values(row, &|r| num(&r["speedup_tpot"])),
+            dashed: false,
+        });
+        speed.push(Series {
+            name: format!("predicted speedup (Leviathan et al.){suffix}"),
+            values: values(row, &|r| num(&r["predicted_speedup"])),
+            dashed: true,
+        });
+        accept.push(Series {
+            name: format!("acceptance rate α{suffix}"),
+            values: values(row, &|r| num(&mode(r, "spec")["acceptance_rate"])),
+            dashed: false,
+        });
+    }
+    let panels = [
+        Panel {
+            title: format!("speedup of spec over {target}"),
+            y_label: "speedup (×)".into(),
+            series: speed,
+            y_max: None,
+            reference: Some(1.0),
+        },
+        Panel {
+            title: if synthetic {
+                "acceptance (synthetic weights: not meaningful)".into()
+            } else {
+                "acceptance of draft tokens".into()
+            },
+            y_label: "acceptance rate α".into(),
+            series: accept,
+            y_max: Some(1.0),
+            reference: None,
+        },
+    ];
+    let (title, x_label) = if by_draft {
+        (format!("Draft sweep, γ = {}", gammas[0]), "draft model")
+    } else {
+        (
+            format!("γ sweep → {target}"),
+            "γ (draft tokens per verify step)",
+        )
+    };
+    plot::line_chart(&title, x_label, &ticks, &panels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(median: f64, min: f64, max: f64) -> Value {
+        json!({"median": median, "min": min, "max": max, "n": 4})
+    }
+
+    /// A report shaped like spedec's, with round numbers.
+    fn report(gamma: u32, alpha: f64) -> Value {
+        json!({
+            "gamma": gamma, "max_new_tokens": 200, "runs": 5, "warmup": 1,
+            "prompts": ["a", "b", "c", "d"],
+            "modes": [
+                {"mode": "small", "ttft_ms": summary(12.5, 10.0, 20.0),
+                 "tpot_ms": summary(9.0, 8.5, 9.5), "throughput_tok_s": summary(111.0, 100.0, 115.0),
+                 "acceptance_rate": null, "mean_accepted_length": null,
+                 "acceptance_per_position": [], "accepted_length_histogram": [],
+                 "draft_s": 0.0, "target_s": 1.0, "sampling_s": 0.1, "prefill_s": 0.1, "runs": []},
+                {"mode": "target", "ttft_ms": summary(1406.1, 1400.0, 1500.0),
+                 "tpot_ms": summary(267.0, 260.0, 270.0), "throughput_tok_s": summary(3.74, 3.7, 3.8),
+                 "acceptance_rate": null, "mean_accepted_length": null,
+                 "acceptance_per_position": [], "accepted_length_histogram": [],
+                 "draft_s": 0.0, "target_s": 50.0, "sampling_s": 0.1, "prefill_s": 1.0, "runs": []},
+                {"mode": "spec", "ttft_ms": summary(957.0, 900.0, 1000.0),
+                 "tpot_ms": summary(107.19, 100.0, 150.0), "throughput_tok_s": summary(9.33, 6.7, 9.4),
+                 "acceptance_rate": alpha, "mean_accepted_length": 2.5,
+                 "acceptance_per_position": [0.8, 0.7, null, 0.5], "accepted_length_histogram": [1, 2, 3, 4, 5],
+                 "draft_s": 2.0, "target_s": 6.0, "sampling_s": 1.0, "prefill_s": 1.0, "runs": []}
+            ],
+            "speedup_tpot": 2.491, "speedup_throughput": 2.4947, "cost_ratio": 0.0337,
+            "predicted_speedup": null, "target": "data/models/pythia-2.8b",
+            "draft": "data/models/pythia-70m", "machine": "AMD EPYC, 2 threads (CPU)"
+        })
+    }
+
+    fn meta(synthetic: bool) -> Meta {
+        Meta {
+            date: "2025-01-02".into(),
+            machine: "AMD EPYC, 2 threads (CPU)".into(),
+            device: "cpu-amd-epyc".into(),
+            device_requested: Device::Auto,
+            command: "cargo xtask bench".into(),
+            synthetic,
+            sampling: "greedy decoding".into(),
+            load_before: Some("1.00 2.00 3.00".into()),
+            load_after: Some("4.00 5.00 6.00".into()),
+            threads: 2,
+            wall_s: 12.0,
+            git_commit: None,
+        }
+    }
+
+    fn point(draft: &str, gamma: u32, alpha: f64) -> Point {
+        Point {
+            draft: ModelRef {
+                label: draft.into(),
+                spec: format!("data/models/{draft}"),
+            },
+            gamma,
+            report: report(gamma, alpha),
+        }
+    }
+
+    #[test]
+    fn markdown_has_the_seed_table_and_the_statistics() {
+        let md = markdown(&report(4, 0.75), "pythia-2.8b", "pythia-70m", &meta(false));
+        for needle in [
+            "## Speed: pythia-70m → pythia-2.8b, γ = 4",
+            "| model / mode | TTFT (s) | TPOT (ms) | throughput (tokens/s) |",
+            "| pythia-70m (small) | 0.0125 (0.0100–0.0200) | 9.00 (8.50–9.50) | 111.00 (100.00–115.00) |",
+            "| pythia-2.8b (target) | 1.4061 (1.4000–1.5000) | 267.00 (260.00–270.00) |",
+            "| speculative decoding (spec) | 0.9570 (0.9000–1.0000) | 107.19 (100.00–150.00) |",
+            "| speedup, TPOT (target / spec) | 2.491× |",
+            "| acceptance rate α (accepted / drafted) | 0.750 |",
+            "| mean accepted length (tokens per verify step) | 2.500 |",
+            "| acceptance by draft position 1..γ | 0.800, 0.700, —, 0.500 |",
+            "| verify steps by accepted drafts 0..γ | 1, 2, 3, 4, 5 |",
+            "| cost ratio c (small TPOT / target TPOT) | 0.0337 |",
+            "| predicted speedup (Leviathan et al., from α, γ, c) | — |",
+            "| spec time: draft / verify / sampling / prefill | 20% / 60% / 10% / 10% |",
+            "4 prompt(s) × 5 measured run(s) after 1 warm-up run(s), 200 new tokens",
+            "Measured 2025-01-02 on AMD EPYC, 2 threads (CPU) (`cpu-amd-epyc`)",
+            "before: 1.00 2.00 3.00, after: 4.00 5.00 6.00, on 2 CPU threads",
+        ] {
+            assert!(md.contains(needle), "`{needle}` missing from:\n{md}");
+        }
+        assert!(!md.contains("NOT meaningful"));
+        let synthetic = markdown(&report(4, 0.0), "t", "d", &meta(true));
+        assert!(synthetic.contains("NOT meaningful"), "{synthetic}");
+    }
+
+    #[test]
+    fn sweep_outputs_name_every_point() {
+        let points = vec![point("pythia-70m", 1, 0.9), point("pythia-70m", 2, 0.8)];
+        let md = sweep_markdown(&points, "pythia-2.8b", &meta(false), "x.svg");
+        assert!(md.contains("![speedup and acceptance](x.svg)"));
+        assert!(
+            md.contains("| pythia-70m | 2 | 0.800 | 2.500 | 0.0337 | 2.491 |"),
+            "{md}"
+        );
+        assert!(md.contains("### pythia-70m → pythia-2.8b, γ = 1"));
+        let svg = sweep_plot(&points, "pythia-2.8b", false);
+        for name in [
+            "measured speedup (TPOT)",
+            "predicted speedup (Leviathan et al.)",
+            "acceptance rate α",
+            "γ (draft tokens per verify step)",
+        ] {
+            assert!(svg.contains(name), "{name}");
+        }
+        let drafts = vec![point("pythia-14m", 4, 0.5), point("pythia-70m", 4, 0.6)];
+        let svg = sweep_plot(&drafts, "pythia-2.8b", true);
+        assert!(svg.contains(">pythia-14m</text>") && svg.contains("draft model"));
+        assert!(svg.contains("not meaningful"));
+        let both = vec![point("a", 1, 0.5), point("b", 1, 0.6), point("a", 2, 0.4)];
+        let svg = sweep_plot(&both, "t", false);
+        assert!(svg.contains("acceptance rate α, a") && svg.contains("acceptance rate α, b"));
+    }
+}
