@@ -14,9 +14,9 @@ use rayon::prelude::*;
 use crate::cpu::Isa;
 use crate::weights::{Dtype, Matrix};
 
-/// Rows of W processed together by the micro-kernel.
-const NR: usize = 4;
-/// Rows of x processed together by the micro-kernel (the last tile may be smaller).
+/// Most rows of W processed together by the micro-kernel.
+const NR: usize = 8;
+/// Most rows of x processed together by the micro-kernel.
 const MR: usize = 3;
 /// Weight rows kept hot in L2 while every activation tile passes over them.
 const L2_ROWS: usize = 32;
@@ -33,7 +33,7 @@ pub fn linear(isa: Isa, x: &[f32], m: usize, w: &Matrix, bias: Option<&[f32]>, y
     }
     let threads = rayon::current_num_threads().max(1);
     // Enough tasks to balance, each a multiple of NR rows.
-    let block = (n.div_ceil(threads * 8)).max(16).next_multiple_of(NR);
+    let block = (n.div_ceil(threads * 8)).max(32).next_multiple_of(NR);
     let tasks = n.div_ceil(block);
     let y_ptr = SendPtr(y.as_mut_ptr());
     let bytes = w.bytes();
@@ -75,10 +75,10 @@ unsafe fn linear_block(
         let r1 = (r0 + L2_ROWS).min(rows.end);
         let mut i0 = 0;
         while i0 < m {
-            let mr = (m - i0).min(MR);
+            let (mr, nr_full) = tile_shape(m, i0);
             let mut j0 = r0;
             while j0 < r1 {
-                let nr = if r1 - j0 >= NR { NR } else { 1 };
+                let nr = if r1 - j0 >= nr_full { nr_full } else { 1 };
                 let xs: [&[f32]; MR] = std::array::from_fn(|i| &x[(i0 + i.min(mr - 1)) * k..][..k]);
                 let ws: [&[u8]; NR] =
                     std::array::from_fn(|j| &w[(j0 + j.min(nr - 1)) * k * size..][..k * size]);
@@ -97,6 +97,14 @@ unsafe fn linear_block(
         }
         r0 = r1;
     }
+}
+
+/// Tile for the activation rows from `i0` of an `m`-row call: up to three rows with four weight
+/// rows, or one row with eight weight rows (more weight streams in flight for decode). Only
+/// which elements share loads changes, never an element's reduction order.
+fn tile_shape(m: usize, i0: usize) -> (usize, usize) {
+    let mr = (m - i0).min(MR);
+    (mr, if mr == 1 { 8 } else { 4 })
 }
 
 /// Dot products of `mr` activation rows with `nr` weight rows; `out[i][j] = xs[i]·ws[j]`.
@@ -254,12 +262,12 @@ mod x86 {
         out: &mut [[f32; NR]; MR],
     ) {
         match (mr, nr) {
-            (3, 4) => tile_fixed::<L, 3, 4>(xs, ws, out),
+            (1, 8) => tile_fixed::<L, 1, 8>(xs, ws, out),
             (2, 4) => tile_fixed::<L, 2, 4>(xs, ws, out),
-            (1, 4) => tile_fixed::<L, 1, 4>(xs, ws, out),
-            (3, 1) => tile_fixed::<L, 3, 1>(xs, ws, out),
-            (2, 1) => tile_fixed::<L, 2, 1>(xs, ws, out),
+            (3, 4) => tile_fixed::<L, 3, 4>(xs, ws, out),
             (1, 1) => tile_fixed::<L, 1, 1>(xs, ws, out),
+            (2, 1) => tile_fixed::<L, 2, 1>(xs, ws, out),
+            (3, 1) => tile_fixed::<L, 3, 1>(xs, ws, out),
             _ => unreachable!("tile shape {mr}×{nr}"),
         }
     }
