@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::common::{
-    self, check_vocab, fmt_opt, num, write_atomic, Device, ModelRef, ModelSource, Spedec,
+    self, check_vocab, fmt_opt, num, write_atomic, Device, ModelRef, ModelSource, RunArgs, Spedec,
 };
 use crate::plot::{self, Panel, Series};
 
@@ -80,26 +80,8 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub context: Option<u32>,
 
-    /// Where spedec runs (passed on when the spedec binary has --device)
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    pub device: Device,
-
-    /// Folder for the result files
-    #[arg(long, default_value = "results", value_name = "DIR")]
-    pub results_dir: PathBuf,
-
-    /// Folder with models/<name> (as `cargo xtask download --dest` writes it)
-    #[arg(long, default_value = "data", value_name = "DIR")]
-    pub data_dir: PathBuf,
-
-    /// Fail instead of downloading missing models
-    #[arg(long)]
-    pub no_download: bool,
-
-    /// spedec binary to run [default: $SPEDEC_BIN, else built with `cargo build --release -p
-    /// spedec-eval`]
-    #[arg(long, value_name = "PATH")]
-    pub spedec: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 const AFTER_HELP: &str = "\
@@ -209,8 +191,8 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let source = ModelSource {
         synthetic: args.synthetic,
-        data_dir: &args.data_dir,
-        download: !args.no_download,
+        data_dir: &args.run.data_dir,
+        download: !args.run.no_download,
     };
     // Synthetic drafts get another seed, so a draft of the target's size is another model.
     let mut names = vec![(args.target.clone(), 0)];
@@ -220,10 +202,10 @@ pub fn run(args: &Args) -> Result<()> {
     for draft in &drafts {
         check_vocab(&target, draft)?;
     }
-    let spedec = Spedec::locate(args.spedec.as_deref())?;
-    let device_args = spedec.device_args("bench", args.device)?;
-    fs::create_dir_all(&args.results_dir)
-        .with_context(|| format!("cannot create {}", args.results_dir.display()))?;
+    let spedec = Spedec::locate(args.run.spedec.as_deref())?;
+    let device_args = spedec.device_args("bench", args.run.device)?;
+    fs::create_dir_all(&args.run.results_dir)
+        .with_context(|| format!("cannot create {}", args.run.results_dir.display()))?;
 
     let load_before = common::load_average();
     let start = Instant::now();
@@ -237,7 +219,7 @@ pub fn run(args: &Args) -> Result<()> {
                 draft.label,
                 target.label
             );
-            let tmp = args.results_dir.join(format!(
+            let tmp = args.run.results_dir.join(format!(
                 ".bench-{}-{}.json",
                 std::process::id(),
                 points.len()
@@ -264,12 +246,12 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     let machine = common::report_machine(&points[0].report)
-        .unwrap_or_else(|| common::fallback_machine(args.device, !device_args.is_empty()));
+        .unwrap_or_else(|| common::fallback_machine(args.run.device, !device_args.is_empty()));
     let meta = Meta {
         date: common::today(),
         device: common::device_tag(&machine),
         machine,
-        device_requested: args.device,
+        device_requested: args.run.device,
         command: common::command_line(),
         synthetic: args.synthetic,
         sampling: sampling(args),
@@ -280,9 +262,9 @@ pub fn run(args: &Args) -> Result<()> {
         git_commit: common::git_commit(),
     };
     let written = if points.len() == 1 {
-        write_single(&args.results_dir, &target, &points[0], &meta)?
+        write_single(&args.run.results_dir, &target, &points[0], &meta)?
     } else {
-        write_sweep(&args.results_dir, &target, &points, &meta)?
+        write_sweep(&args.run.results_dir, &target, &points, &meta)?
     };
     for path in written {
         println!("wrote {}", path.display());

@@ -14,6 +14,32 @@ use serde_json::Value;
 
 use crate::download;
 
+/// Options `bench` and `ppl` share: where spedec runs, where results go, where models and texts
+/// are found, and which spedec binary to run.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Where spedec runs (passed on when the spedec binary has --device)
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+
+    /// Folder for the result files
+    #[arg(long, default_value = "results", value_name = "DIR")]
+    pub results_dir: PathBuf,
+
+    /// Folder with models/ and datasets/ (as `cargo xtask download --dest` writes it)
+    #[arg(long, default_value = "data", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Fail instead of downloading missing models or texts
+    #[arg(long)]
+    pub no_download: bool,
+
+    /// spedec binary to run [default: $SPEDEC_BIN, else built with `cargo build --release -p
+    /// spedec-eval`]
+    #[arg(long, value_name = "PATH")]
+    pub spedec: Option<PathBuf>,
+}
+
 /// Where `spedec` should run; passed as `spedec … --device` when the binary knows the flag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Device {

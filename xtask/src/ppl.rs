@@ -13,7 +13,7 @@ use clap::ValueEnum;
 use serde_json::{json, Value};
 
 use crate::common::{
-    self, check_vocab, download_args, num, write_atomic, Device, ModelRef, ModelSource, Spedec,
+    self, check_vocab, download_args, num, write_atomic, ModelRef, ModelSource, RunArgs, Spedec,
 };
 use crate::download;
 
@@ -86,26 +86,8 @@ pub struct Args {
     #[arg(long)]
     pub synthetic: bool,
 
-    /// Where spedec runs (passed on when the spedec binary has --device)
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    pub device: Device,
-
-    /// Folder for the result files
-    #[arg(long, default_value = "results", value_name = "DIR")]
-    pub results_dir: PathBuf,
-
-    /// Folder with models/ and datasets/ (as `cargo xtask download --dest` writes it)
-    #[arg(long, default_value = "data", value_name = "DIR")]
-    pub data_dir: PathBuf,
-
-    /// Fail instead of downloading missing models or texts
-    #[arg(long)]
-    pub no_download: bool,
-
-    /// spedec binary to run [default: $SPEDEC_BIN, else built with `cargo build --release -p
-    /// spedec-eval`]
-    #[arg(long, value_name = "PATH")]
-    pub spedec: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 const AFTER_HELP: &str = "\
@@ -168,15 +150,15 @@ pub fn run(args: &Args) -> Result<()> {
     check_windows(args)?;
     let source = ModelSource {
         synthetic: args.synthetic,
-        data_dir: &args.data_dir,
-        download: !args.no_download,
+        data_dir: &args.run.data_dir,
+        download: !args.run.no_download,
     };
     let models = source.resolve(&[(args.target.clone(), 0), (args.draft.clone(), 1)])?;
     let (target, draft) = (&models[0], &models[1]);
     check_vocab(target, draft)?;
     let texts = texts(args)?;
-    let spedec = Spedec::locate(args.spedec.as_deref())?;
-    let device_args = spedec.device_args("ppl", args.device)?;
+    let spedec = Spedec::locate(args.run.spedec.as_deref())?;
+    let device_args = spedec.device_args("ppl", args.run.device)?;
 
     let start = Instant::now();
     let mut parts = Vec::new();
@@ -220,7 +202,7 @@ pub fn run(args: &Args) -> Result<()> {
         });
     }
     let machine = common::report_machine(&parts[0].report)
-        .unwrap_or_else(|| common::fallback_machine(args.device, !device_args.is_empty()));
+        .unwrap_or_else(|| common::fallback_machine(args.run.device, !device_args.is_empty()));
     let meta = PplMeta {
         date: common::today(),
         device: common::device_tag(&machine),
@@ -237,8 +219,8 @@ pub fn run(args: &Args) -> Result<()> {
     let synthetic = if args.synthetic { "-synthetic" } else { "" };
     let data = if args.data == Data::Pg19 { "-pg19" } else { "" };
     let stem = format!("ppl{synthetic}{data}-{}-{}", meta.date, meta.device);
-    let json_path = args.results_dir.join(format!("{stem}.json"));
-    let md_path = args.results_dir.join(format!("{stem}.md"));
+    let json_path = args.run.results_dir.join(format!("{stem}.json"));
+    let md_path = args.run.results_dir.join(format!("{stem}.md"));
     write_atomic(
         &json_path,
         serde_json::to_string_pretty(&result)?.as_bytes(),
@@ -269,7 +251,7 @@ fn check_windows(args: &Args) -> Result<()> {
 
 /// The files to score, downloaded first when missing (unless --no-download).
 fn texts(args: &Args) -> Result<Vec<PathBuf>> {
-    let datasets = args.data_dir.join("datasets");
+    let datasets = args.run.data_dir.join("datasets");
     match args.data {
         Data::Wikitext2 => {
             let path = datasets.join("wikitext-2-raw").join("wiki.test.raw");
@@ -300,13 +282,13 @@ fn texts(args: &Args) -> Result<Vec<PathBuf>> {
 }
 
 fn fetch_data(args: &Args, set: download::Dataset, name: &str, missing: &Path) -> Result<()> {
-    let dest = args.data_dir.display();
+    let dest = args.run.data_dir.display();
     let books = if set == download::Dataset::Pg19 {
         format!(" --pg19-books {}", args.pg19_books.max(2))
     } else {
         String::new()
     };
-    if args.no_download {
+    if args.run.no_download {
         bail!(
             "{} not found; run `cargo xtask download --data {name}{books} --model none --dest \
              {dest}` or drop --no-download",
@@ -317,7 +299,7 @@ fn fetch_data(args: &Args, set: download::Dataset, name: &str, missing: &Path) -
         "{} not found; downloading it (cargo xtask download --data {name})",
         missing.display()
     );
-    let mut dl = download_args(Vec::new(), vec![set], &args.data_dir);
+    let mut dl = download_args(Vec::new(), vec![set], &args.run.data_dir);
     dl.pg19_books = args.pg19_books.max(2);
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let plan = download::Plan::new(&dl, &env)?;
