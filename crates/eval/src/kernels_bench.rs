@@ -12,6 +12,7 @@ use anyhow::Result;
 use rayon::prelude::*;
 use serde::Serialize;
 use spedec_neox::cpu::matmul::linear;
+use spedec_neox::cpu::packed::{HugeBuffer, PackedLayer, PackedMatrix};
 use spedec_neox::{CpuModel, Isa, ModelFiles};
 
 use crate::bench::Summary;
@@ -32,6 +33,8 @@ pub struct Timed {
 #[derive(Debug, Clone, Serialize)]
 pub struct KernelReport {
     pub model: String,
+    /// Stored weight dtype.
+    pub dtype: String,
     pub isa: String,
     pub threads: usize,
     pub read_bandwidth_gb_s: Summary,
@@ -42,9 +45,9 @@ pub struct KernelReport {
     pub decode: Timed,
     pub verify5: Timed,
     pub prefill128: Timed,
-    /// decode median / floor.
+    /// Median over rounds of decode / floor (floor from the same round's probe).
     pub decode_vs_floor: f64,
-    /// verify5 median / decode median.
+    /// Median over rounds of verify(5) / decode.
     pub verify5_vs_decode: f64,
     pub prefill_tok_s: f64,
     pub decode_tok_s: f64,
@@ -73,35 +76,47 @@ fn timed(name: &str, ms: Summary, bytes: usize) -> Timed {
     }
 }
 
-/// Read bandwidth in GB/s: every thread sums its share of a `bytes`-long buffer.
-pub fn read_bandwidth(bytes: usize, repeats: usize) -> Summary {
-    let buf: Vec<f32> = vec![1.0; bytes / 4];
-    let chunk = buf.len().div_ceil(rayon::current_num_threads() * 4);
-    let mut gbs = Vec::new();
-    for r in 0..=repeats {
-        let t = Instant::now();
-        let total: f32 = buf.par_chunks(chunk).map(sum_lanes).sum();
-        let secs = t.elapsed().as_secs_f64();
-        std::hint::black_box(total);
-        if r > 0 {
-            gbs.push(bytes as f64 / secs / 1e9);
-        }
-    }
-    Summary::of(&gbs).expect("repeats >= 1")
+/// A read-bandwidth probe: every thread folds its share of a buffer far larger than the
+/// caches, allocated like the packed weights (2 MiB aligned, transparent huge pages advised).
+pub struct Probe {
+    buf: HugeBuffer,
 }
 
-/// Sum with eight independent lanes, which compilers turn into vector adds.
-fn sum_lanes(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    for c in x.chunks_exact(16) {
-        for l in 0..16 {
-            acc[l] += c[l];
+impl Probe {
+    pub fn new(bytes: usize) -> Result<Self> {
+        let mut buf = HugeBuffer::zeroed(bytes)?;
+        buf.as_mut_slice().fill(1); // touch every page before timing
+        Ok(Probe { buf })
+    }
+
+    /// One timed pass, in GB/s.
+    pub fn gb_s(&mut self) -> f64 {
+        let bytes = self.buf.as_slice().len();
+        let chunk = bytes.div_ceil(rayon::current_num_threads() * 4);
+        let t = Instant::now();
+        let total: u64 = self.buf.as_slice().par_chunks(chunk).map(xor_lanes).sum();
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(total);
+        bytes as f64 / secs / 1e9
+    }
+}
+
+/// Folds bytes with sixteen independent 64-bit lanes, which compilers turn into vector ops.
+fn xor_lanes(x: &[u8]) -> u64 {
+    let mut acc = [0u64; 16];
+    for c in x.chunks_exact(128) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a ^= u64::from_le_bytes(c[l * 8..l * 8 + 8].try_into().expect("8 bytes"));
         }
     }
-    acc.iter().sum()
+    acc.iter().fold(0, |a, b| a ^ b)
 }
 
 /// Runs the whole kernel benchmark on `spec`.
+///
+/// The bandwidth probe, the decode step and the verify step are timed in interleaved rounds
+/// (probe, decode, verify, probe, …) so that a shared machine's drifting bandwidth affects all
+/// three alike; the ratios are medians of per-round ratios.
 pub fn run(
     spec: &str,
     warmup: usize,
@@ -111,78 +126,134 @@ pub fn run(
     log(&format!("loading {spec}"));
     let files = ModelFiles::open(spec)?;
     let isa = Isa::detect();
-    let bytes_per_token = files.weights.bytes_per_token();
     let config = files.config.clone();
-    let weights = files.weights.clone();
+    let dtype = files.weights.embed_out.dtype();
     let mut model = CpuModel::new(files.config, files.weights, Some(512), isa)?;
+    let bytes_per_token = model.weights().bytes_per_token();
 
-    log("measuring read bandwidth (2 GB buffer)");
-    let bw = read_bandwidth(2 << 30, repeats.max(3));
-    let floor_ms = bytes_per_token as f64 / (bw.median * 1e9) * 1e3;
-
-    log("timing matmuls at M = 1");
-    let layer = &weights.layers[0];
+    log("timing matmuls at M = 1 (each call on the next layer's matrix, as in decode)");
+    let weights = model.weights();
     let mut ops = Vec::new();
-    for (name, lin) in [
-        ("query_key_value", &layer.query_key_value.weight),
-        ("attention.dense", &layer.dense.weight),
-        ("dense_h_to_4h", &layer.dense_h_to_4h.weight),
-        ("dense_4h_to_h", &layer.dense_4h_to_h.weight),
-        ("embed_out", &weights.embed_out),
-    ] {
-        let x = vec![0.01f32; lin.cols()];
-        let mut y = vec![0.0f32; lin.rows()];
-        let ms = time_it(warmup, repeats * 4, || {
-            linear(isa, &x, 1, lin, None, &mut y);
-            Ok(())
-        })?;
-        ops.push(timed(name, ms, lin.bytes().len()));
+    type Pick = fn(&PackedLayer) -> &PackedMatrix;
+    let per_layer: [(&str, Pick); 4] = [
+        ("query_key_value", |l| &l.query_key_value.weight),
+        ("attention.dense", |l| &l.dense.weight),
+        ("dense_h_to_4h", |l| &l.dense_h_to_4h.weight),
+        ("dense_4h_to_h", |l| &l.dense_4h_to_h.weight),
+    ];
+    for (name, pick) in per_layer {
+        let mats: Vec<&PackedMatrix> = weights.layers.iter().map(pick).collect();
+        ops.push(time_op(isa, name, &mats, warmup, repeats)?);
     }
+    ops.push(time_op(
+        isa,
+        "embed_out",
+        &[&weights.embed_out],
+        warmup,
+        repeats * 4,
+    )?);
 
     let prompt: Vec<u32> = (0..128u32)
         .map(|i| (i * 7919) % config.vocab_size as u32)
         .collect();
-    log("timing decode, verify and prefill");
+    log("timing read bandwidth, decode and verify in interleaved rounds");
+    const PROBE_BYTES: usize = 1 << 30;
+    let mut probe = Probe::new(PROBE_BYTES)?;
     model.forward(&prompt[..16])?;
-    let decode = time_it(warmup, repeats, || {
+    let mut step = |rows: usize| -> Result<f64> {
         model.truncate(16)?;
-        model.forward(&prompt[16..17])?;
-        Ok(())
-    })?;
-    let verify = time_it(warmup, repeats, || {
-        model.truncate(16)?;
-        model.forward(&prompt[16..21])?;
-        Ok(())
-    })?;
-    let prefill = time_it(warmup.min(1), repeats.min(3), || {
+        let t = Instant::now();
+        model.forward(&prompt[16..16 + rows])?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    };
+    for _ in 0..warmup {
+        probe.gb_s();
+        step(1)?;
+        step(5)?;
+    }
+    let (mut bw, mut dec, mut ver, mut vs_floor, mut vs_dec) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..repeats {
+        let g = probe.gb_s();
+        let d = step(1)?;
+        let v = step(5)?;
+        let floor = bytes_per_token as f64 / (g * 1e9) * 1e3;
+        bw.push(g);
+        dec.push(d);
+        ver.push(v);
+        vs_floor.push(d / floor);
+        vs_dec.push(v / d);
+    }
+    drop(probe);
+    let bw = Summary::of(&bw).expect("repeats >= 1");
+    let decode = Summary::of(&dec).expect("repeats >= 1");
+    let verify = Summary::of(&ver).expect("repeats >= 1");
+    let floor_ms = bytes_per_token as f64 / (bw.median * 1e9) * 1e3;
+
+    log("timing a 128-token prefill (last position's logits only, as llama-bench pp128)");
+    let prefill = time_it(warmup.min(1), repeats.clamp(1, 3), || {
         model.truncate(0)?;
-        model.forward(&prompt)?;
+        model.forward_last(&prompt)?;
         Ok(())
     })?;
     Ok(KernelReport {
         model: spec.to_string(),
+        dtype: format!("{dtype:?}"),
         isa: format!("{isa:?}"),
         threads: rayon::current_num_threads(),
         read_bandwidth_gb_s: bw,
         bytes_per_token,
         floor_ms,
         ops,
-        decode_vs_floor: decode.median / floor_ms,
-        verify5_vs_decode: verify.median / decode.median,
+        decode_vs_floor: Summary::of(&vs_floor).expect("repeats >= 1").median,
+        verify5_vs_decode: Summary::of(&vs_dec).expect("repeats >= 1").median,
         prefill_tok_s: 128.0 / (prefill.median * 1e-3),
         decode_tok_s: 1e3 / decode.median,
         decode: timed("decode step (1 token)", decode, bytes_per_token),
         verify5: timed("verify (5 tokens)", verify, bytes_per_token),
-        prefill128: timed("prefill (128 tokens)", prefill, bytes_per_token),
+        prefill128: timed("prefill (128 tokens)", prefill, 0),
     })
+}
+
+/// Times `linear` at M = 1, cycling through `mats` (one call per matrix, like a decode step
+/// walking the layers, so caches do not flatter the figure); per-call milliseconds.
+fn time_op(
+    isa: Isa,
+    name: &str,
+    mats: &[&PackedMatrix],
+    warmup: usize,
+    repeats: usize,
+) -> Result<Timed> {
+    let (n, k) = (mats[0].rows(), mats[0].cols());
+    let x = vec![0.01f32; k];
+    let mut y = vec![0.0f32; n];
+    let ms = time_it(warmup, repeats, || {
+        for w in mats {
+            linear(isa, &x, 1, w, None, &mut y);
+        }
+        Ok(())
+    })?;
+    let per_call = |v: f64| v / mats.len() as f64;
+    let ms = Summary {
+        median: per_call(ms.median),
+        min: per_call(ms.min),
+        max: per_call(ms.max),
+        n: ms.n,
+    };
+    // Bytes as stored (what the floor counts), not the padded panels.
+    let bytes = n * k * mats[0].dtype().size();
+    Ok(timed(name, ms, bytes))
 }
 
 /// A markdown table of the report.
 pub fn markdown(r: &KernelReport, machine: &str) -> String {
     let mut out = format!(
-        "{} on {machine}, kernels {}, {} threads; median (min–max) of repeats after warm-up.\n\n\
+        "{} ({} weights) on {machine}, kernels {}, {} threads; median (min–max) of repeats after \
+         warm-up. Matmul rows: M = 1, time per call while cycling through every layer's matrix. \
+         Probe, decode and verify alternate round by round.\n\n\
          Read bandwidth {:.1} GB/s ({:.1}–{:.1}); weights read per token {:.3} GB; floor {:.2} ms/token.\n\n",
         r.model,
+        r.dtype,
         r.isa,
         r.threads,
         r.read_bandwidth_gb_s.median,
@@ -203,7 +274,8 @@ pub fn markdown(r: &KernelReport, machine: &str) -> String {
         );
     }
     out += &format!(
-        "\ndecode / floor = {:.2}×; verify(5) / decode = {:.2}×; decode {:.1} tokens/s; prefill {:.1} tokens/s\n",
+        "\ndecode / floor = {:.2}× and verify(5) / decode = {:.2}× (medians of per-round ratios); \
+         decode {:.1} tokens/s; prefill {:.1} tokens/s\n",
         r.decode_vs_floor, r.verify5_vs_decode, r.decode_tok_s, r.prefill_tok_s
     );
     out

@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use crate::config::Config;
 use crate::cpu::matmul::linear;
 use crate::cpu::ops::{attention, gelu, layer_norm, Rope};
+use crate::cpu::packed::PackedWeights;
 use crate::cpu::Isa;
 use crate::logits::Logits;
 use crate::weights::Weights;
@@ -48,7 +49,7 @@ impl KvCache {
 /// A GPT-NeoX model on the CPU holding its own KV cache.
 pub struct CpuModel {
     config: Config,
-    weights: Weights,
+    weights: PackedWeights,
     rope: Rope,
     cache: KvCache,
     isa: Isa,
@@ -71,6 +72,7 @@ impl CpuModel {
         }
         let rope = Rope::new(config.rotary_dims(), config.rotary_base, capacity);
         let cache = KvCache::new(&config, capacity);
+        let weights = PackedWeights::pack(weights)?;
         Ok(CpuModel {
             config,
             weights,
@@ -83,7 +85,8 @@ impl CpuModel {
     pub fn config(&self) -> &Config {
         &self.config
     }
-    pub fn weights(&self) -> &Weights {
+    /// The weights as the CPU kernels read them.
+    pub fn weights(&self) -> &PackedWeights {
         &self.weights
     }
     /// The kernel set in use.
@@ -116,6 +119,16 @@ impl CpuModel {
 
     /// Appends `tokens` after the cached ones; returns logits `[tokens.len(), vocab]`.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Logits> {
+        self.forward_rows(tokens, false)
+    }
+
+    /// Appends `tokens` like [`forward`](Self::forward) but returns only the last position's
+    /// logits `[1, vocab]` — a prompt's prefill skips the unembedding of every other row.
+    pub fn forward_last(&mut self, tokens: &[u32]) -> Result<Logits> {
+        self.forward_rows(tokens, true)
+    }
+
+    fn forward_rows(&mut self, tokens: &[u32], last_only: bool) -> Result<Logits> {
         let c = &self.config;
         let (d, heads, hd) = (c.hidden_size, c.num_heads, c.head_dim());
         let m = tokens.len();
@@ -221,11 +234,18 @@ impl CpuModel {
         }
         self.cache.len = start + m;
 
-        layer_norm(&x, &w.final_layer_norm, eps, &mut h);
+        // Rows whose logits are wanted: all, or only the last.
+        let (x, rows) = if last_only {
+            (&x[(m - 1) * d..], 1)
+        } else {
+            (&x[..], m)
+        };
+        let h = &mut h[..rows * d];
+        layer_norm(x, &w.final_layer_norm, eps, h);
         let vocab = c.vocab_size;
-        let mut logits = vec![0.0f32; m * vocab];
-        linear(isa, &h, m, &w.embed_out, None, &mut logits);
-        Ok(Logits::new(logits, m, vocab))
+        let mut logits = vec![0.0f32; rows * vocab];
+        linear(isa, h, rows, &w.embed_out, None, &mut logits);
+        Ok(Logits::new(logits, rows, vocab))
     }
 
     /// `out = W2·gelu(W1·h + b1) + b2` for layer `l`; `h` `[m, d]`, `mid` `[m, intermediate]`.

@@ -92,6 +92,7 @@ fn decode_prefill_and_truncate_are_bit_identical() {
     for folder in ["parallel-f16", "sequential-bf16", "parallel-f32"] {
         let dir = golden_dir(folder);
         let ids = read_golden(&dir).ids;
+        let mut first_isa: Option<(Isa, Vec<f32>)> = None;
         for isa in Isa::available() {
             let mut model = load(&dir, isa);
             let prefill = model.forward(&ids).unwrap();
@@ -121,6 +122,28 @@ fn decode_prefill_and_truncate_are_bit_identical() {
                     );
                 }
                 at += chunk.len();
+            }
+
+            // A prompt's prefill that keeps only the last row gives that row's bits.
+            model.truncate(0).unwrap();
+            let last = model.forward_last(&ids).unwrap();
+            assert_eq!((last.rows(), model.len()), (1, ids.len()));
+            assert_eq!(
+                last.row(0),
+                prefill.last(),
+                "{folder} {isa:?}: forward_last"
+            );
+
+            // Both kernel sets compute every element with the same chain of fused
+            // multiply-adds, so they agree bit for bit.
+            match &first_isa {
+                None => first_isa = Some((isa, prefill.into_vec())),
+                Some((other, bits)) => assert!(
+                    bits.iter()
+                        .zip(prefill.as_slice())
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{folder}: {isa:?} and {other:?} logits differ"
+                ),
             }
         }
     }

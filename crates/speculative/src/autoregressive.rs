@@ -9,7 +9,7 @@ use spedec_sampling::Rng;
 use crate::config::{GenConfig, Generation, StopReason, EOS_TOKEN};
 use crate::decide::Decisions;
 use crate::lm::Lm;
-use crate::run::{check_prompt, forward, truncate};
+use crate::run::{check_prompt, forward, forward_last, truncate};
 use crate::stats::{Bucket, Mode, Recorder};
 use crate::verify::choose;
 
@@ -44,7 +44,7 @@ pub fn autoregressive_with<M: Lm + ?Sized>(
     let max_len = model.max_len();
     truncate(model, 0, "target")?;
     rec.target_call();
-    let mut logits = rec.time(Bucket::Prefill, || forward(model, prompt, "target"))?;
+    let mut logits = rec.time(Bucket::Prefill, || forward_last(model, prompt, "target"))?;
     let stop_reason = loop {
         let next = rec.time(Bucket::Sampling, || {
             choose(logits.last(), &cfg.sampler, decisions)

@@ -17,6 +17,9 @@ impl Lm for CpuModel {
     fn forward(&mut self, tokens: &[u32]) -> anyhow::Result<Logits> {
         CpuModel::forward(self, tokens)
     }
+    fn forward_last(&mut self, tokens: &[u32]) -> anyhow::Result<Logits> {
+        CpuModel::forward_last(self, tokens)
+    }
     fn truncate(&mut self, len: usize) -> anyhow::Result<()> {
         CpuModel::truncate(self, len)
     }

@@ -20,6 +20,22 @@ pub trait Lm {
     }
     /// Appends `tokens` (non-empty) and returns logits of shape `[tokens.len(), vocab_size]`.
     fn forward(&mut self, tokens: &[u32]) -> anyhow::Result<Logits>;
+    /// Appends `tokens` like [`forward`](Lm::forward) but returns only the last row, shape
+    /// `[1, vocab_size]` (a prompt's prefill: backends may skip the other rows' unembedding).
+    fn forward_last(&mut self, tokens: &[u32]) -> anyhow::Result<Logits> {
+        let all = self.forward(tokens)?;
+        anyhow::ensure!(
+            all.rows() == tokens.len() && all.rows() > 0,
+            "forward of {} tokens returned logits of shape [{}, {}], expected [{}, {}]",
+            tokens.len(),
+            all.rows(),
+            all.vocab(),
+            tokens.len(),
+            all.vocab()
+        );
+        let vocab = all.vocab();
+        Ok(Logits::new(all.last().to_vec(), 1, vocab))
+    }
     /// Keeps the first `len` cached tokens (`len <= self.len()`).
     fn truncate(&mut self, len: usize) -> anyhow::Result<()>;
 }

@@ -46,6 +46,27 @@ pub(crate) fn forward<M: Lm + ?Sized>(model: &mut M, tokens: &[u32], name: &str)
     Ok(logits)
 }
 
+/// `model.forward_last(tokens)`, checking that one row of `vocab_size` logits came back.
+pub(crate) fn forward_last<M: Lm + ?Sized>(
+    model: &mut M,
+    tokens: &[u32],
+    name: &str,
+) -> Result<Logits> {
+    let at = model.len();
+    let logits = model
+        .forward_last(tokens)
+        .with_context(|| format!("{name} forward of {} tokens at position {at}", tokens.len()))?;
+    ensure!(
+        logits.rows() == 1 && logits.vocab() == model.vocab_size(),
+        "{name} last-row forward of {} tokens returned logits of shape [{}, {}], expected [1, {}]",
+        tokens.len(),
+        logits.rows(),
+        logits.vocab(),
+        model.vocab_size()
+    );
+    Ok(logits)
+}
+
 /// `model.truncate(len)` with context.
 pub(crate) fn truncate<M: Lm + ?Sized>(model: &mut M, len: usize, name: &str) -> Result<()> {
     model

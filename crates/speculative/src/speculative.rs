@@ -34,7 +34,7 @@ use spedec_sampling::Rng;
 use crate::config::{GenConfig, Generation, StopReason, EOS_TOKEN};
 use crate::decide::{Decisions, Fault};
 use crate::lm::Lm;
-use crate::run::{check_prompt, forward, truncate};
+use crate::run::{check_prompt, forward, forward_last, truncate};
 use crate::stats::{Bucket, Mode, Recorder};
 use crate::verify::{choose, draw_draft, verify};
 
@@ -108,9 +108,9 @@ pub fn speculative_with<T: Lm + ?Sized, D: Lm + ?Sized>(
 
     // Prefill both models; the first token comes from the target's last prompt row.
     rec.draft_call();
-    rec.time(Bucket::Prefill, || forward(draft, prompt, "draft"))?;
+    rec.time(Bucket::Prefill, || forward_last(draft, prompt, "draft"))?;
     rec.target_call();
-    let logits = rec.time(Bucket::Prefill, || forward(target, prompt, "target"))?;
+    let logits = rec.time(Bucket::Prefill, || forward_last(target, prompt, "target"))?;
     let first = rec.time(Bucket::Sampling, || {
         choose(logits.last(), sampler, decisions)
     })?;
@@ -142,7 +142,8 @@ pub fn speculative_with<T: Lm + ?Sized, D: Lm + ?Sized>(
                 );
                 let pending = seq[m..].to_vec();
                 rec.draft_call();
-                let mut logits = rec.time(Bucket::Draft, || forward(draft, &pending, "draft"))?;
+                let mut logits =
+                    rec.time(Bucket::Draft, || forward_last(draft, &pending, "draft"))?;
                 loop {
                     let d = rec.time(Bucket::Sampling, || {
                         draw_draft(logits.last(), sampler, decisions, fault)

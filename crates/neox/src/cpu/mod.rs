@@ -2,6 +2,7 @@
 
 pub mod matmul;
 pub mod ops;
+pub mod packed;
 
 /// Which instruction set the CPU kernels use, detected once at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
