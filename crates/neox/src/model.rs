@@ -197,6 +197,7 @@ impl CpuModel {
             let layer_keys = &cache.keys[base..base + cache.layer_stride];
             let layer_values = &cache.values[base..base + cache.layer_stride];
             attention(
+                isa,
                 &q,
                 layer_keys,
                 layer_values,
@@ -259,7 +260,7 @@ impl CpuModel {
             Some(&lw.dense_h_to_4h.bias),
             mid,
         );
-        gelu(mid);
+        gelu(self.isa, mid);
         linear(
             self.isa,
             mid,
