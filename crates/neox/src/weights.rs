@@ -150,6 +150,19 @@ impl Matrix {
     }
 }
 
+/// IEEE half → single, exact for every bit pattern, branch-free (so loops of it vectorise on
+/// any CPU): the exponent-and-mantissa bits shifted into place and scaled by 2¹¹², which is exact
+/// for normal and subnormal halves alike; infinities and NaNs get the all-ones exponent.
+#[inline(always)]
+pub fn f16_bits_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let sign = (h & 0x8000) << 16;
+    let magnitude = h & 0x7fff;
+    let scaled = f32::from_bits(magnitude << 13) * f32::from_bits((127 + 112) << 23);
+    let special = if magnitude >= 0x7c00 { 0xff << 23 } else { 0 };
+    f32::from_bits(scaled.to_bits() | special | sign)
+}
+
 /// Widens little-endian `bytes` of `dtype` into `out` (same element count).
 pub fn widen_into(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
     match dtype {
@@ -160,7 +173,7 @@ pub fn widen_into(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
         }
         Dtype::F16 => {
             for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+                *o = f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]));
             }
         }
         Dtype::Bf16 => {
@@ -459,4 +472,20 @@ pub(crate) fn encode(dtype: Dtype, values: &[f32]) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod f16_tests {
+    #[test]
+    fn f16_widening_is_exact_for_every_bit_pattern() {
+        for h in 0..=u16::MAX {
+            let want = half::f16::from_bits(h).to_f32();
+            let got = super::f16_bits_to_f32(h);
+            if want.is_nan() {
+                assert!(got.is_nan(), "{h:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}: {got} vs {want}");
+            }
+        }
+    }
 }

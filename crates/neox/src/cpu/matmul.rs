@@ -275,7 +275,7 @@ fn micro_tile(
 
 /// Any-CPU kernel with the same per-element chain (fused multiply-adds in `k` order).
 mod portable {
-    use super::{Tile, PANEL};
+    use super::{Tile, MAX_ROWS, PANEL};
     use crate::weights::{widen_into, Dtype};
 
     /// # Safety
@@ -291,27 +291,70 @@ mod portable {
         np: usize,
         tile: Tile,
     ) {
+        // `mul_add` is one instruction where the CPU has FMA and a (slow, exact) library call
+        // where it does not; the same source built with `fma` enabled keeps it inline.
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("fma") {
+            return micro_tile_fma(dtype, xs, kc, rows, w, panel_bytes, np, tile);
+        }
+        body(dtype, xs, kc, rows, w, panel_bytes, np, tile);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn micro_tile_fma(
+        dtype: Dtype,
+        xs: &[f32],
+        kc: usize,
+        rows: usize,
+        w: &[u8],
+        panel_bytes: usize,
+        np: usize,
+        tile: Tile,
+    ) {
+        body(dtype, xs, kc, rows, w, panel_bytes, np, tile);
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn body(
+        dtype: Dtype,
+        xs: &[f32],
+        kc: usize,
+        rows: usize,
+        w: &[u8],
+        panel_bytes: usize,
+        np: usize,
+        tile: Tile,
+    ) {
         let size = dtype.size();
         let mut wrow = [0.0f32; PANEL];
         for j in 0..np {
             let panel = &w[j * panel_bytes..];
-            for i in 0..rows {
-                let acc =
-                    std::slice::from_raw_parts_mut(tile.ptr.add(i * tile.ld + j * PANEL), PANEL);
-                if tile.first {
-                    acc.fill(0.0);
+            let mut acc = [[0.0f32; PANEL]; MAX_ROWS];
+            if !tile.first {
+                for (i, a) in acc.iter_mut().enumerate().take(rows) {
+                    let src = tile.ptr.add(i * tile.ld + j * PANEL);
+                    a.copy_from_slice(std::slice::from_raw_parts(src, PANEL));
                 }
-                for kk in 0..kc {
-                    widen_into(
-                        dtype,
-                        &panel[kk * PANEL * size..(kk + 1) * PANEL * size],
-                        &mut wrow,
-                    );
+            }
+            for kk in 0..kc {
+                widen_into(
+                    dtype,
+                    &panel[kk * PANEL * size..(kk + 1) * PANEL * size],
+                    &mut wrow,
+                );
+                for (i, a) in acc.iter_mut().enumerate().take(rows) {
                     let xv = xs[kk * rows + i];
-                    for (a, &wv) in acc.iter_mut().zip(&wrow) {
+                    for (a, &wv) in a.iter_mut().zip(&wrow) {
                         *a = xv.mul_add(wv, *a);
                     }
                 }
+            }
+            for (i, a) in acc.iter().enumerate().take(rows) {
+                let dst = tile.ptr.add(i * tile.ld + j * PANEL);
+                std::slice::from_raw_parts_mut(dst, PANEL).copy_from_slice(a);
             }
         }
     }
