@@ -187,18 +187,16 @@ impl Job<'_> {
                             first: k0 == 0,
                         };
                         let prefetch = kc == k; // a whole panel streamed from memory
-                        micro_tile(
-                            self.isa,
-                            self.w.dtype(),
+                        let block = Block {
                             xs,
                             kc,
                             rows,
-                            ws,
+                            w: ws,
                             panel_bytes,
                             np,
                             tile,
-                            prefetch,
-                        );
+                        };
+                        micro_tile(self.isa, self.w.dtype(), block, prefetch);
                         p += np;
                     }
                     i0 += rows;
@@ -238,100 +236,75 @@ struct Tile {
     first: bool,
 }
 
-/// `tile[i, j] (+)= Σ_k xs[k][i]·panel_j[k][..16]` over one block of `kc` inputs.
-///
-/// Shapes: `xs` `[kc][rows]`, `w` `np` panel slices of `[kc][16]` at a stride of
-/// `panel_bytes`.
-#[allow(clippy::too_many_arguments)]
-fn micro_tile(
-    isa: Isa,
-    dtype: Dtype,
-    xs: &[f32],
+/// One micro-tile's work: `tile[i, j] (+)= Σ_k xs[k][i]·panel_j[k][..16]` over a block of `kc`
+/// inputs.
+#[derive(Clone, Copy)]
+struct Block<'a> {
+    /// `[kc][rows]` activations.
+    xs: &'a [f32],
     kc: usize,
     rows: usize,
-    w: &[u8],
+    /// `np` panel slices of `[kc][16]` weights, `panel_bytes` apart.
+    w: &'a [u8],
     panel_bytes: usize,
     np: usize,
     tile: Tile,
-    prefetch: bool,
-) {
+}
+
+/// Runs `block` with the kernel set `isa`; `prefetch` asks the weight stream to be fetched ahead.
+fn micro_tile(isa: Isa, dtype: Dtype, block: Block, prefetch: bool) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
-        let pf = prefetch;
-        // SAFETY: Isa::Avx2 is only chosen when avx2, fma and f16c were detected; the slices
-        // hold `kc·rows` activations and `np` panel slices; the tile pointer is owned by this
-        // task.
+        // SAFETY: Isa::Avx2 is only chosen when avx2, fma and f16c were detected; the tile
+        // pointer addresses accumulators owned by this task.
         unsafe {
             match dtype {
-                Dtype::F32 => x86::dispatch::<x86::F32>(xs, kc, rows, w, panel_bytes, np, tile, pf),
-                Dtype::F16 => x86::dispatch::<x86::F16>(xs, kc, rows, w, panel_bytes, np, tile, pf),
-                Dtype::Bf16 => {
-                    x86::dispatch::<x86::Bf16>(xs, kc, rows, w, panel_bytes, np, tile, pf)
-                }
+                Dtype::F32 => x86::dispatch::<x86::F32>(block, prefetch),
+                Dtype::F16 => x86::dispatch::<x86::F16>(block, prefetch),
+                Dtype::Bf16 => x86::dispatch::<x86::Bf16>(block, prefetch),
             }
         }
         return;
     }
     let _ = (isa, prefetch);
     // SAFETY: as above.
-    unsafe { portable::micro_tile(dtype, xs, kc, rows, w, panel_bytes, np, tile) };
+    unsafe { portable::micro_tile(dtype, block) };
 }
 
 /// Any-CPU kernel with the same per-element chain (fused multiply-adds in `k` order).
 mod portable {
-    use super::{Tile, MAX_ROWS, PANEL};
+    use super::{Block, MAX_ROWS, PANEL};
     use crate::weights::{widen_into, Dtype};
 
     /// # Safety
-    /// `tile` must address `rows × np` writable accumulator rows of 16.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn micro_tile(
-        dtype: Dtype,
-        xs: &[f32],
-        kc: usize,
-        rows: usize,
-        w: &[u8],
-        panel_bytes: usize,
-        np: usize,
-        tile: Tile,
-    ) {
+    /// `block.tile` must address `rows × np` writable accumulator rows of 16.
+    pub unsafe fn micro_tile(dtype: Dtype, block: Block) {
         // `mul_add` is one instruction where the CPU has FMA and a (slow, exact) library call
         // where it does not; the same source built with `fma` enabled keeps it inline.
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("fma") {
-            return micro_tile_fma(dtype, xs, kc, rows, w, panel_bytes, np, tile);
+            return micro_tile_fma(dtype, block);
         }
-        body(dtype, xs, kc, rows, w, panel_bytes, np, tile);
+        body(dtype, block);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn micro_tile_fma(
-        dtype: Dtype,
-        xs: &[f32],
-        kc: usize,
-        rows: usize,
-        w: &[u8],
-        panel_bytes: usize,
-        np: usize,
-        tile: Tile,
-    ) {
-        body(dtype, xs, kc, rows, w, panel_bytes, np, tile);
+    unsafe fn micro_tile_fma(dtype: Dtype, block: Block) {
+        body(dtype, block);
     }
 
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn body(
-        dtype: Dtype,
-        xs: &[f32],
-        kc: usize,
-        rows: usize,
-        w: &[u8],
-        panel_bytes: usize,
-        np: usize,
-        tile: Tile,
-    ) {
+    unsafe fn body(dtype: Dtype, block: Block) {
+        let Block {
+            xs,
+            kc,
+            rows,
+            w,
+            panel_bytes,
+            np,
+            tile,
+        } = block;
         let size = dtype.size();
         let mut wrow = [0.0f32; PANEL];
         for j in 0..np {
@@ -366,7 +339,7 @@ mod portable {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Tile, PANEL};
+    use super::{Block, Tile, PANEL};
     use std::arch::x86_64::*;
 
     /// Loads eight weights and widens them to f32.
@@ -409,17 +382,16 @@ mod x86 {
     /// `np` panel slices of `kc·16` elements `panel_bytes` apart; `tile` addresses `rows × np`
     /// writable accumulator rows; `(rows, np)` is a shape `tile_panels` allows.
     #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn dispatch<L: Load>(
-        xs: &[f32],
-        kc: usize,
-        rows: usize,
-        w: &[u8],
-        panel_bytes: usize,
-        np: usize,
-        tile: Tile,
-        prefetch: bool,
-    ) {
+    pub unsafe fn dispatch<L: Load>(block: Block, prefetch: bool) {
+        let Block {
+            xs,
+            kc,
+            rows,
+            w,
+            panel_bytes,
+            np,
+            tile,
+        } = block;
         assert!(xs.len() >= rows * kc && w.len() >= (np - 1) * panel_bytes + kc * PANEL * L::SIZE);
         let (x, w) = (xs.as_ptr(), w.as_ptr());
         match (rows, np, prefetch) {
