@@ -103,10 +103,11 @@ fn pack_rows(x: &[f32], m: usize, k: usize) -> std::borrow::Cow<'_, [f32]> {
         .for_each(|(t, dst)| {
             let i0 = t * MAX_ROWS;
             let rows = (m - i0).min(MAX_ROWS);
-            for i in 0..rows {
-                let src = &x[(i0 + i) * k..(i0 + i + 1) * k];
-                for (kk, &v) in src.iter().enumerate() {
-                    dst[kk * rows + i] = v;
+            // Written front to back, the tile's rows read side by side.
+            let src = &x[i0 * k..(i0 + rows) * k];
+            for (kk, out) in dst.chunks_exact_mut(rows).enumerate() {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = src[i * k + kk];
                 }
             }
         });
