@@ -142,7 +142,20 @@ pub trait KernelBackend {
     ) -> Result<()>;
 }
 
-/// The real thing: kernels on a device through [`GpuContext`]'s launchers.
+/// A device backend: a context plus the attention scratch it owns. Every such type gets the one
+/// [`KernelBackend`] implementation below (the self-check's [`GpuBackend`] and the engine's
+/// model ops share it).
+pub trait GpuKernels {
+    /// The device context.
+    fn gpu(&self) -> &GpuContext;
+    /// The context and an attention scratch fitting `shape` (made on first use or when the
+    /// shape changes).
+    fn gpu_and_scratch(&mut self, shape: &AttnShape) -> Result<(&GpuContext, &mut AttnScratch)>;
+    /// The context and the scratch made so far, if any.
+    fn gpu_and_existing_scratch(&mut self) -> (&GpuContext, Option<&mut AttnScratch>);
+}
+
+/// The self-check's backend: kernels on a device through [`GpuContext`]'s launchers.
 pub struct GpuBackend<'a> {
     gpu: &'a GpuContext,
     scratch: Option<AttnScratch>,
@@ -153,15 +166,26 @@ impl<'a> GpuBackend<'a> {
     pub fn new(gpu: &'a GpuContext) -> Self {
         Self { gpu, scratch: None }
     }
+}
 
-    fn scratch_for(&mut self, shape: &AttnShape) -> Result<&mut AttnScratch> {
+impl GpuKernels for GpuBackend<'_> {
+    fn gpu(&self) -> &GpuContext {
+        self.gpu
+    }
+
+    fn gpu_and_scratch(&mut self, shape: &AttnShape) -> Result<(&GpuContext, &mut AttnScratch)> {
         let stale = self.scratch.as_ref().is_none_or(|s| s.shape() != shape);
         if stale {
             let mut s = AttnScratch::new(self.gpu, shape, crate::kernels::consts::ATT_MAX_M)?;
             poison_scratch(self.gpu, &mut s)?;
             self.scratch = Some(s);
         }
-        Ok(self.scratch.as_mut().expect("scratch was just set"))
+        let scratch = self.scratch.as_mut().expect("scratch was just set");
+        Ok((self.gpu, scratch))
+    }
+
+    fn gpu_and_existing_scratch(&mut self) -> (&GpuContext, Option<&mut AttnScratch>) {
+        (self.gpu, self.scratch.as_mut())
     }
 }
 
@@ -171,33 +195,33 @@ fn poison_scratch(gpu: &GpuContext, s: &mut AttnScratch) -> Result<()> {
     gpu.poison(ml)
 }
 
-impl KernelBackend for GpuBackend<'_> {
+impl<G: GpuKernels> KernelBackend for G {
     type Buf<T: Elem> = CudaSlice<T>;
 
     fn describe(&self) -> String {
-        self.gpu.describe()
+        self.gpu().describe()
     }
 
     fn upload<T: Elem>(&mut self, host: &[T]) -> Result<CudaSlice<T>> {
-        self.gpu.upload(host)
+        self.gpu().upload(host)
     }
 
     fn poisoned<T: Elem>(&mut self, len: usize) -> Result<CudaSlice<T>> {
-        let mut b = self.gpu.zeros::<T>(len)?;
-        self.gpu.poison(&mut b)?;
+        let mut b = self.gpu().zeros::<T>(len)?;
+        self.gpu().poison(&mut b)?;
         Ok(b)
     }
 
     fn poison<T: Elem>(&mut self, buf: &mut CudaSlice<T>) -> Result<()> {
-        self.gpu.poison(buf)
+        self.gpu().poison(buf)
     }
 
     fn download<T: Elem>(&mut self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
-        self.gpu.download(buf)
+        self.gpu().download(buf)
     }
 
     fn synchronize(&mut self) -> Result<()> {
-        self.gpu.synchronize()
+        self.gpu().synchronize()
     }
 
     fn timed(&self) -> bool {
@@ -213,7 +237,7 @@ impl KernelBackend for GpuBackend<'_> {
         vocab: usize,
         d: usize,
     ) -> Result<()> {
-        self.gpu.embedding_f16(ids, table, out, m, vocab, d)
+        self.gpu().embedding_f16(ids, table, out, m, vocab, d)
     }
 
     fn add_layernorm(
@@ -229,7 +253,7 @@ impl KernelBackend for GpuBackend<'_> {
         d: usize,
         eps: f32,
     ) -> Result<()> {
-        self.gpu.add_layernorm_f16(
+        self.gpu().add_layernorm_f16(
             x,
             add_a.map(|a| a as _),
             add_b.map(|b| b as _),
@@ -257,7 +281,7 @@ impl KernelBackend for GpuBackend<'_> {
             LinDest::F32(o) => LinearOut::F32(o),
             LinDest::AddF32(o) => LinearOut::AddF32(o),
         };
-        self.gpu
+        self.gpu()
             .linear_f16(x, w, bias.map(|b| b as _), out, m, n, k)
     }
 
@@ -271,7 +295,7 @@ impl KernelBackend for GpuBackend<'_> {
         m: usize,
         shape: &AttnShape,
     ) -> Result<()> {
-        self.gpu
+        self.gpu()
             .rotary_kv_f16(qkv, pos, q, k_cache, v_cache, m, shape)
     }
 
@@ -285,16 +309,15 @@ impl KernelBackend for GpuBackend<'_> {
         m: usize,
         shape: &AttnShape,
     ) -> Result<()> {
-        let gpu = self.gpu;
-        let scratch = self.scratch_for(shape)?;
+        let (gpu, scratch) = self.gpu_and_scratch(shape)?;
         gpu.attention_f16(q, k_cache, v_cache, pos, scratch, out, m, shape)
     }
 
     fn poison_attention_scratch(&mut self) -> Result<()> {
-        if let Some(s) = self.scratch.as_mut() {
-            poison_scratch(self.gpu, s)?;
+        match self.gpu_and_existing_scratch() {
+            (gpu, Some(s)) => poison_scratch(gpu, s),
+            (_, None) => Ok(()),
         }
-        Ok(())
     }
 
     fn argmax(
@@ -304,7 +327,7 @@ impl KernelBackend for GpuBackend<'_> {
         m: usize,
         vocab: usize,
     ) -> Result<()> {
-        self.gpu.argmax_f32(logits, out, m, vocab)
+        self.gpu().argmax_f32(logits, out, m, vocab)
     }
 
     fn softmax(
@@ -315,6 +338,6 @@ impl KernelBackend for GpuBackend<'_> {
         vocab: usize,
         temperature: f32,
     ) -> Result<()> {
-        self.gpu.softmax_f32(logits, probs, m, vocab, temperature)
+        self.gpu().softmax_f32(logits, probs, m, vocab, temperature)
     }
 }

@@ -17,13 +17,12 @@
 
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice};
-use half::f16;
 use serde::Serialize;
-use spedec_cuda::backend::{Elem, KernelBackend, LinDest, SecondLn};
-use spedec_cuda::{AttnScratch, AttnShape, GpuContext, LayerNormOut, LinearOut};
+use spedec_cuda::backend::{Elem, GpuKernels};
+use spedec_cuda::{AttnScratch, AttnShape, GpuContext};
 
 use super::engine::{ForwardBackend, MAX_ROWS};
 
@@ -106,16 +105,6 @@ impl CudaOps {
         }
     }
 
-    fn scratch_for(&mut self, shape: &AttnShape) -> Result<&mut AttnScratch> {
-        let stale = self.scratch.as_ref().is_none_or(|s| s.shape() != shape);
-        if stale {
-            self.scratch = Some(AttnScratch::new(&self.gpu, shape, MAX_ROWS)?);
-        }
-        self.scratch
-            .as_mut()
-            .ok_or_else(|| anyhow!("attention scratch missing"))
-    }
-
     /// Record the launches of `encode` into a graph (not run).
     fn capture(&mut self, encode: &mut dyn FnMut(&mut Self) -> Result<()>) -> Result<CudaGraph> {
         let stream = self.gpu.stream().clone();
@@ -139,9 +128,28 @@ impl CudaOps {
     }
 }
 
+impl GpuKernels for CudaOps {
+    fn gpu(&self) -> &GpuContext {
+        &self.gpu
+    }
+
+    fn gpu_and_scratch(&mut self, shape: &AttnShape) -> Result<(&GpuContext, &mut AttnScratch)> {
+        let stale = self.scratch.as_ref().is_none_or(|s| s.shape() != shape);
+        if stale {
+            self.scratch = Some(AttnScratch::new(&self.gpu, shape, MAX_ROWS)?);
+        }
+        let scratch = self.scratch.as_mut().expect("scratch was just set");
+        Ok((&self.gpu, scratch))
+    }
+
+    fn gpu_and_existing_scratch(&mut self) -> (&GpuContext, Option<&mut AttnScratch>) {
+        (&self.gpu, self.scratch.as_mut())
+    }
+}
+
 impl ForwardBackend for CudaOps {
     fn prepare(&mut self, shape: &AttnShape) -> Result<()> {
-        self.scratch_for(shape)?;
+        self.gpu_and_scratch(shape)?;
         Ok(())
     }
 
@@ -208,153 +216,5 @@ impl ForwardBackend for CudaOps {
                 encode(self)
             }
         }
-    }
-}
-
-impl KernelBackend for CudaOps {
-    type Buf<T: Elem> = CudaSlice<T>;
-
-    fn describe(&self) -> String {
-        self.gpu.describe()
-    }
-
-    fn upload<T: Elem>(&mut self, host: &[T]) -> Result<CudaSlice<T>> {
-        self.gpu.upload(host)
-    }
-
-    fn poisoned<T: Elem>(&mut self, len: usize) -> Result<CudaSlice<T>> {
-        let mut b = self.gpu.zeros::<T>(len)?;
-        self.gpu.poison(&mut b)?;
-        Ok(b)
-    }
-
-    fn poison<T: Elem>(&mut self, buf: &mut CudaSlice<T>) -> Result<()> {
-        self.gpu.poison(buf)
-    }
-
-    fn download<T: Elem>(&mut self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
-        self.gpu.download(buf)
-    }
-
-    fn synchronize(&mut self) -> Result<()> {
-        self.gpu.synchronize()
-    }
-
-    fn timed(&self) -> bool {
-        true
-    }
-
-    fn embedding(
-        &mut self,
-        ids: &CudaSlice<u32>,
-        table: &CudaSlice<f16>,
-        out: &mut CudaSlice<f32>,
-        m: usize,
-        vocab: usize,
-        d: usize,
-    ) -> Result<()> {
-        self.gpu.embedding_f16(ids, table, out, m, vocab, d)
-    }
-
-    fn add_layernorm(
-        &mut self,
-        x: &mut CudaSlice<f32>,
-        add_a: Option<&CudaSlice<f16>>,
-        add_b: Option<&CudaSlice<f16>>,
-        weight: &CudaSlice<f16>,
-        bias: &CudaSlice<f16>,
-        out: &mut CudaSlice<f16>,
-        second: Option<SecondLn<'_, Self>>,
-        m: usize,
-        d: usize,
-        eps: f32,
-    ) -> Result<()> {
-        self.gpu.add_layernorm_f16(
-            x,
-            add_a.map(|a| a as _),
-            add_b.map(|b| b as _),
-            LayerNormOut { weight, bias, out },
-            second.map(|(weight, bias, out)| LayerNormOut { weight, bias, out }),
-            m,
-            d,
-            eps,
-        )
-    }
-
-    fn linear(
-        &mut self,
-        x: &CudaSlice<f16>,
-        w: &CudaSlice<f16>,
-        bias: Option<&CudaSlice<f16>>,
-        out: LinDest<'_, Self>,
-        m: usize,
-        n: usize,
-        k: usize,
-    ) -> Result<()> {
-        let out = match out {
-            LinDest::F16(o) => LinearOut::F16(o),
-            LinDest::F16Gelu(o) => LinearOut::F16Gelu(o),
-            LinDest::F32(o) => LinearOut::F32(o),
-            LinDest::AddF32(o) => LinearOut::AddF32(o),
-        };
-        self.gpu
-            .linear_f16(x, w, bias.map(|b| b as _), out, m, n, k)
-    }
-
-    fn rotary_kv(
-        &mut self,
-        qkv: &CudaSlice<f16>,
-        pos: &CudaSlice<i32>,
-        q: &mut CudaSlice<f16>,
-        k_cache: &mut CudaSlice<f16>,
-        v_cache: &mut CudaSlice<f16>,
-        m: usize,
-        shape: &AttnShape,
-    ) -> Result<()> {
-        self.gpu
-            .rotary_kv_f16(qkv, pos, q, k_cache, v_cache, m, shape)
-    }
-
-    fn attention(
-        &mut self,
-        q: &CudaSlice<f16>,
-        k_cache: &CudaSlice<f16>,
-        v_cache: &CudaSlice<f16>,
-        pos: &CudaSlice<i32>,
-        out: &mut CudaSlice<f16>,
-        m: usize,
-        shape: &AttnShape,
-    ) -> Result<()> {
-        self.scratch_for(shape)?;
-        let CudaOps { gpu, scratch, .. } = self;
-        let scratch = scratch
-            .as_mut()
-            .ok_or_else(|| anyhow!("attention scratch missing"))?;
-        gpu.attention_f16(q, k_cache, v_cache, pos, scratch, out, m, shape)
-    }
-
-    fn poison_attention_scratch(&mut self) -> Result<()> {
-        bail!("the model's attention scratch is not poisoned (only the kernel self-check does)")
-    }
-
-    fn argmax(
-        &mut self,
-        logits: &CudaSlice<f32>,
-        out: &mut CudaSlice<u32>,
-        m: usize,
-        vocab: usize,
-    ) -> Result<()> {
-        self.gpu.argmax_f32(logits, out, m, vocab)
-    }
-
-    fn softmax(
-        &mut self,
-        logits: &CudaSlice<f32>,
-        probs: &mut CudaSlice<f32>,
-        m: usize,
-        vocab: usize,
-        temperature: f32,
-    ) -> Result<()> {
-        self.gpu.softmax_f32(logits, probs, m, vocab, temperature)
     }
 }
