@@ -7,7 +7,8 @@ norm weights 1). Tensors are streamed to disk one at a time to keep memory low.
 
 usage: scripts/make_synthetic_gguf.py {70m|2.8b|all} [outdir]   (default outdir target/gguf)
 needs: pip install gguf numpy   (used for the llama.cpp comparison in results/, see
-results/llama-cpp-2026-11-28-cpu-amd-epyc.md; none of llama.cpp's code is in this repo)
+results/cpu-vs-llama-cpp-2026-11-28-amd-epyc.md and scripts/compare-llama-cpp.sh; none of
+llama.cpp's code is in this repo)
 """
 import json
 import os

@@ -7,8 +7,8 @@
 use anyhow::{bail, Result};
 
 use crate::config::Config;
-use crate::cpu::matmul::linear;
-use crate::cpu::ops::{attention, gelu, layer_norm, Rope};
+use crate::cpu::matmul::{linear, linear_then, Epilogue};
+use crate::cpu::ops::{attention, layer_norm, Rope};
 use crate::cpu::packed::PackedWeights;
 use crate::cpu::Isa;
 use crate::logits::Logits;
@@ -260,15 +260,15 @@ impl CpuModel {
     /// `out = W2·gelu(W1·h + b1) + b2` for layer `l`; `h` `[m, d]`, `mid` `[m, intermediate]`.
     fn mlp(&self, l: usize, h: &[f32], m: usize, mid: &mut [f32], out: &mut [f32]) {
         let lw = &self.weights.layers[l];
-        linear(
+        linear_then(
             self.isa,
             h,
             m,
             &lw.dense_h_to_4h.weight,
             Some(&lw.dense_h_to_4h.bias),
+            Epilogue::Gelu,
             mid,
         );
-        gelu(self.isa, mid);
         linear(
             self.isa,
             mid,

@@ -38,6 +38,15 @@ fn tile_panels(rows: usize) -> usize {
 /// each element's chain — storing and reloading an f32 is exact.
 const KC: usize = 512;
 
+/// What happens to `Σ_k x·w + bias` before it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Epilogue {
+    /// Stored as it is.
+    None,
+    /// Exact GELU applied (the MLP's first projection), see [`crate::cpu::ops::gelu`].
+    Gelu,
+}
+
 /// `y[m, n] = Σ_k x[m, k]·w[n, k] + bias[n]`.
 ///
 /// Shapes: `x` `[m, K]`, `w` `[N, K]` packed, `bias` `[N]` or none, `y` `[m, N]`.
@@ -47,6 +56,20 @@ pub fn linear(
     m: usize,
     w: &PackedMatrix,
     bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    linear_then(isa, x, m, w, bias, Epilogue::None, y);
+}
+
+/// [`linear`] with `epilogue` applied to each output where it is written (no second pass over
+/// `y`, no second hand-off to the thread pool). Same bits as `linear` followed by the op.
+pub fn linear_then(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    w: &PackedMatrix,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
     y: &mut [f32],
 ) {
     let (n, k) = (w.rows(), w.cols());
@@ -80,6 +103,7 @@ pub fn linear(
         m,
         w,
         bias,
+        epilogue,
         group,
         kc,
     };
@@ -98,19 +122,24 @@ fn pack_rows(x: &[f32], m: usize, k: usize) -> std::borrow::Cow<'_, [f32]> {
         return std::borrow::Cow::Borrowed(x);
     }
     let mut xp = vec![0.0f32; m * k];
-    xp.par_chunks_mut(MAX_ROWS * k.max(1))
-        .enumerate()
-        .for_each(|(t, dst)| {
-            let i0 = t * MAX_ROWS;
-            let rows = (m - i0).min(MAX_ROWS);
-            // Written front to back, the tile's rows read side by side.
-            let src = &x[i0 * k..(i0 + rows) * k];
-            for (kk, out) in dst.chunks_exact_mut(rows).enumerate() {
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = src[i * k + kk];
-                }
+    let pack = |(t, dst): (usize, &mut [f32])| {
+        let i0 = t * MAX_ROWS;
+        let rows = (m - i0).min(MAX_ROWS);
+        // Written front to back, the tile's rows read side by side.
+        let src = &x[i0 * k..(i0 + rows) * k];
+        for (kk, out) in dst.chunks_exact_mut(rows).enumerate() {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = src[i * k + kk];
             }
-        });
+        }
+    };
+    if m <= MAX_ROWS {
+        pack((0, &mut xp)); // one tile: not worth a hand-off to the pool
+    } else {
+        xp.par_chunks_mut(MAX_ROWS * k.max(1))
+            .enumerate()
+            .for_each(pack);
+    }
     std::borrow::Cow::Owned(xp)
 }
 
@@ -133,6 +162,7 @@ struct Job<'a> {
     m: usize,
     w: &'a PackedMatrix,
     bias: Option<&'a [f32]>,
+    epilogue: Epilogue,
     /// Panels per micro-tile of the first row tile.
     group: usize,
     /// Inputs per block.
@@ -142,6 +172,10 @@ struct Job<'a> {
 impl Job<'_> {
     /// Computes the columns of `y` in panels `range`.
     ///
+    /// The task's accumulators live in a buffer of its own, `[m][range × 16]` (small enough
+    /// for L2 in a prefill, where input blocks pass over them several times: measured 3 %
+    /// faster than keeping partial sums in `y`), and reach `y` once, with bias and epilogue.
+    ///
     /// # Safety
     /// `out` must point to `[m, N]` f32s that no other thread writes in these panels' columns.
     unsafe fn run(&self, range: std::ops::Range<usize>, out: Out) {
@@ -149,13 +183,8 @@ impl Job<'_> {
         let panel_bytes = self.w.panel_bytes();
         let size = self.w.dtype().size();
         let bytes = self.w.bytes();
-        // A panel that sticks out of y (N not a multiple of 16) accumulates here: `[m][16]`.
-        let full_panels = n / PANEL;
-        let mut spill = if range.end > full_panels {
-            vec![0.0f32; m * PANEL]
-        } else {
-            Vec::new()
-        };
+        let width = range.len() * PANEL;
+        let mut acc = vec![0.0f32; m * width];
         let mut k0 = 0;
         loop {
             let kc = self.kc.min(k - k0);
@@ -169,34 +198,24 @@ impl Job<'_> {
                     let xs = &self.xp[i0 * k + k0 * rows..i0 * k + (k0 + kc) * rows];
                     let mut p = p0;
                     while p < p0 + g {
-                        // The panel that sticks out of y (if any) always goes alone.
-                        let np = match p < full_panels {
-                            true => tile_panels(rows).min(p0 + g - p).min(full_panels - p),
-                            false => 1,
-                        };
+                        let np = tile_panels(rows).min(p0 + g - p);
                         let start = p * panel_bytes + k0 * PANEL * size;
                         let end = start + (np - 1) * panel_bytes + kc * PANEL * size;
-                        let ws = &bytes[start..end];
-                        let (dst, ld) = if p < full_panels {
-                            (out.ptr.add(i0 * out.n + p * PANEL), out.n)
-                        } else {
-                            (spill.as_mut_ptr().add(i0 * PANEL), PANEL)
-                        };
                         let tile = Tile {
-                            ptr: dst,
-                            ld,
+                            ptr: acc.as_mut_ptr().add(i0 * width + (p - range.start) * PANEL),
+                            ld: width,
                             first: k0 == 0,
                         };
-                        let prefetch = kc == k; // a whole panel streamed from memory
                         let block = Block {
                             xs,
                             kc,
                             rows,
-                            w: ws,
+                            w: &bytes[start..end],
                             panel_bytes,
                             np,
                             tile,
                         };
+                        let prefetch = kc == k; // a whole panel streamed from memory
                         micro_tile(self.isa, self.w.dtype(), block, prefetch);
                         p += np;
                     }
@@ -209,21 +228,24 @@ impl Job<'_> {
                 break;
             }
         }
-        // Bias (and the spilled panel) last, so every element is `chain + bias[n]`.
+        // Every element is `chain + bias[n]`, then the epilogue (over the whole buffer: one
+        // long vectorised run, where row pieces of a few panels would leave scalar tails);
+        // columns past N (the last panel's padding) are dropped.
         let cols = range.start * PANEL..(range.end * PANEL).min(n);
-        let in_y = cols.start..cols.end.min(full_panels * PANEL);
-        for i in 0..m {
-            let row = std::slice::from_raw_parts_mut(out.ptr.add(i * out.n), n);
-            if in_y.start < in_y.end {
-                if let Some(b) = self.bias {
-                    for (v, b) in row[in_y.clone()].iter_mut().zip(&b[in_y.clone()]) {
-                        *v += b;
-                    }
+        if let Some(b) = self.bias {
+            for sums in acc.chunks_exact_mut(width) {
+                for (s, b) in sums.iter_mut().zip(&b[cols.clone()]) {
+                    *s += b;
                 }
             }
-            for col in in_y.end.max(cols.start)..cols.end {
-                row[col] = spill[i * PANEL + col % PANEL] + self.bias.map_or(0.0, |b| b[col]);
-            }
+        }
+        if self.epilogue == Epilogue::Gelu {
+            crate::cpu::ops::gelu_serial(self.isa, &mut acc);
+        }
+        for (i, sums) in acc.chunks_exact(width).enumerate() {
+            let row =
+                std::slice::from_raw_parts_mut(out.ptr.add(i * out.n + cols.start), cols.len());
+            row.copy_from_slice(&sums[..cols.len()]);
         }
     }
 }
@@ -599,5 +621,28 @@ mod tests {
             }
         }
         println!("largest |linear − f64 reference| = {worst:.3e}");
+    }
+
+    #[test]
+    fn gelu_epilogue_gives_the_bits_of_linear_then_gelu() {
+        let (n, k) = (70, 40);
+        let w = PackedMatrix::pack(&matrix(Dtype::F16, n, k, 5)).unwrap();
+        let bias = values(n, 9);
+        for isa in Isa::available() {
+            for m in [1, 5, 13] {
+                let x: Vec<f32> = values(m * k, 3).iter().map(|v| 4.0 * v).collect();
+                let mut want = vec![0.0f32; m * n];
+                linear(isa, &x, m, &w, Some(&bias), &mut want);
+                crate::cpu::ops::gelu(isa, &mut want);
+                let mut got = vec![f32::NAN; m * n];
+                linear_then(isa, &x, m, &w, Some(&bias), Epilogue::Gelu, &mut got);
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa:?} m = {m}: fused GELU differs"
+                );
+            }
+        }
     }
 }

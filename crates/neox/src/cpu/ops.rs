@@ -8,15 +8,23 @@ use rayon::prelude::*;
 use crate::weights::Norm;
 
 /// LayerNorm of each `hidden`-wide row of `x` into `out` (both `[rows, hidden]`).
+/// Rows are shared out to the thread pool in prefills (a decode step's one row stays put).
 pub fn layer_norm(x: &[f32], norm: &Norm, eps: f32, out: &mut [f32]) {
     let d = norm.weight.len();
-    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+    let row = |(xr, or): (&[f32], &mut [f32])| {
         let mean = xr.iter().sum::<f32>() / d as f32;
         let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
         let inv = 1.0 / (var + eps).sqrt();
         for i in 0..d {
             or[i] = (xr[i] - mean) * inv * norm.weight[i] + norm.bias[i];
         }
+    };
+    if x.len() >= 8 * d {
+        x.par_chunks_exact(d)
+            .zip(out.par_chunks_exact_mut(d))
+            .for_each(row);
+    } else {
+        x.chunks_exact(d).zip(out.chunks_exact_mut(d)).for_each(row);
     }
 }
 
@@ -28,16 +36,19 @@ pub fn layer_norm(x: &[f32], norm: &Norm, eps: f32, out: &mut [f32]) {
 /// IEEE-rounded adds, multiplies and divides (Rust never fuses them), so both kernel sets give
 /// the same bits. Measured against f64 `erf`: see the test `gelu_matches_f64_erf`.
 pub fn gelu(isa: crate::cpu::Isa, x: &mut [f32]) {
-    x.par_chunks_mut(4096).for_each(|c| {
-        #[cfg(target_arch = "x86_64")]
-        if isa == crate::cpu::Isa::Avx2 {
-            // SAFETY: Isa::Avx2 is only chosen when avx2 was detected.
-            unsafe { gelu_avx2(c) };
-            return;
-        }
-        let _ = isa;
-        gelu_slice(c);
-    });
+    x.par_chunks_mut(4096).for_each(|c| gelu_serial(isa, c));
+}
+
+/// [`gelu`] on the calling thread (for a matmul epilogue, already inside a task).
+pub fn gelu_serial(isa: crate::cpu::Isa, x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == crate::cpu::Isa::Avx2 {
+        // SAFETY: Isa::Avx2 is only chosen when avx2 was detected.
+        unsafe { gelu_avx2(x) };
+        return;
+    }
+    let _ = isa;
+    gelu_slice(x);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -206,14 +217,30 @@ unsafe fn attend_avx2(query: &Query, scores: &mut Vec<f32>, out: &mut [f32]) {
 }
 
 /// Softmax-weighted sum of values; `scores` is scratch.
+///
+/// Keys and values go four positions at a time (independent dot products in flight, `out`
+/// loaded and stored once per four values); every score and every output element still sees
+/// exactly the operations of one position at a time, in the same order.
 #[inline(always)]
 fn attend(query: &Query, scores: &mut Vec<f32>, out: &mut [f32]) {
     let hd = query.q.len();
-    // A plain indexed loop keeps `dot` inlined here (an iterator adaptor would run it in a
-    // generic helper built without this function's target features).
+    let key = |t: usize| &query.keys[t * hd..(t + 1) * hd];
+    let value = |t: usize| &query.values[t * hd..(t + 1) * hd];
+    // `dot` / `dot4` are called from loop bodies, not from closures handed to iterator
+    // adaptors, so they stay inlined here (an adaptor would run them in a generic helper
+    // built without this function's target features).
     scores.resize(query.len, 0.0);
-    for (t, s) in scores.iter_mut().enumerate() {
-        *s = dot(query.q, &query.keys[t * hd..(t + 1) * hd]) * query.scale;
+    let quads = query.len / 4 * 4;
+    let mut t = 0;
+    while t < quads {
+        let d = dot4(query.q, [key(t), key(t + 1), key(t + 2), key(t + 3)]);
+        for (s, d) in scores[t..t + 4].iter_mut().zip(d) {
+            *s = d * query.scale;
+        }
+        t += 4;
+    }
+    for (t, s) in scores.iter_mut().enumerate().skip(quads) {
+        *s = dot(query.q, key(t)) * query.scale;
     }
     let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     for s in scores.iter_mut() {
@@ -222,9 +249,23 @@ fn attend(query: &Query, scores: &mut Vec<f32>, out: &mut [f32]) {
     let sum: f32 = scores.iter().sum();
     let inv = 1.0 / sum;
     out.fill(0.0);
-    for (t, &p) in scores.iter().enumerate() {
+    let mut t = 0;
+    while t < quads {
+        let w = [0, 1, 2, 3].map(|j| scores[t + j] * inv);
+        for ((((o, v0), v1), v2), v3) in out
+            .iter_mut()
+            .zip(value(t))
+            .zip(value(t + 1))
+            .zip(value(t + 2))
+            .zip(value(t + 3))
+        {
+            *o = (((*o + w[0] * v0) + w[1] * v1) + w[2] * v2) + w[3] * v3;
+        }
+        t += 4;
+    }
+    for (t, &p) in scores.iter().enumerate().skip(quads) {
         let w = p * inv;
-        for (a, &v) in out.iter_mut().zip(&query.values[t * hd..(t + 1) * hd]) {
+        for (a, &v) in out.iter_mut().zip(value(t)) {
             *a += w * v;
         }
     }
@@ -233,24 +274,44 @@ fn attend(query: &Query, scores: &mut Vec<f32>, out: &mut [f32]) {
 /// Fixed-order dot product: eight partial sums, combined pairwise, then the tail.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
+    dot4(a, [b; 4])[0]
+}
+
+/// [`dot`] of `a` with four vectors at once, each with exactly `dot`'s operations.
+#[inline(always)]
+fn dot4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
     let full = a.len() / 8 * 8;
-    for (x, y) in a[..full].chunks_exact(8).zip(b[..full].chunks_exact(8)) {
+    let mut acc = [[0.0f32; 8]; 4];
+    for ((((x, y0), y1), y2), y3) in a[..full]
+        .chunks_exact(8)
+        .zip(b[0][..full].chunks_exact(8))
+        .zip(b[1][..full].chunks_exact(8))
+        .zip(b[2][..full].chunks_exact(8))
+        .zip(b[3][..full].chunks_exact(8))
+    {
         for l in 0..8 {
-            acc[l] += x[l] * y[l];
+            acc[0][l] += x[l] * y0[l];
+            acc[1][l] += x[l] * y1[l];
+            acc[2][l] += x[l] * y2[l];
+            acc[3][l] += x[l] * y3[l];
         }
     }
-    let s4 = [
-        acc[0] + acc[4],
-        acc[1] + acc[5],
-        acc[2] + acc[6],
-        acc[3] + acc[7],
-    ];
-    let mut s = (s4[0] + s4[2]) + (s4[1] + s4[3]);
-    for t in full..a.len() {
-        s += a[t] * b[t];
+    let mut sums = [0.0f32; 4];
+    for j in 0..4 {
+        let acc = &acc[j];
+        let s4 = [
+            acc[0] + acc[4],
+            acc[1] + acc[5],
+            acc[2] + acc[6],
+            acc[3] + acc[7],
+        ];
+        let mut s = (s4[0] + s4[2]) + (s4[1] + s4[3]);
+        for t in full..a.len() {
+            s += a[t] * b[j][t];
+        }
+        sums[j] = s;
     }
-    s
+    sums
 }
 
 #[cfg(test)]
@@ -329,6 +390,84 @@ mod tests {
         // Pair (0, 2) rotates by angle 3·1.
         assert!((v[0] - 3f32.cos()).abs() < 1e-6 && (v[2] - 3f32.sin()).abs() < 1e-6);
         assert_eq!((v[1], v[3], v[4]), (0.0, 0.0, 7.0));
+    }
+
+    #[test]
+    fn attention_matches_f64_and_each_query_alone() {
+        // heads 3, head_dim 20 (two chunks of eight and a tail of four), capacity 16; 11
+        // queries from position 2, so lengths 3..=13 cover every remainder of four.
+        let (heads, hd, cap, start, m) = (3, 20, 16, 2, 11);
+        let val =
+            |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.5 - 1.0;
+        let keys: Vec<f32> = (0..heads * cap * hd).map(|i| val(i, 1)).collect();
+        let values: Vec<f32> = (0..heads * cap * hd).map(|i| val(i, 2)).collect();
+        let q: Vec<f32> = (0..m * heads * hd).map(|i| 3.0 * val(i, 3)).collect();
+        let mut worst = 0.0f64;
+        let mut first: Option<Vec<f32>> = None;
+        for isa in crate::cpu::Isa::available() {
+            let mut batch = vec![0.0f32; m * heads * hd];
+            attention(isa, &q, &keys, &values, heads, hd, cap, start, &mut batch);
+            for i in 0..m {
+                let row = i * heads * hd..(i + 1) * heads * hd;
+                let mut alone = vec![0.0f32; heads * hd];
+                attention(
+                    isa,
+                    &q[row.clone()],
+                    &keys,
+                    &values,
+                    heads,
+                    hd,
+                    cap,
+                    start + i,
+                    &mut alone,
+                );
+                assert!(
+                    alone
+                        .iter()
+                        .zip(&batch[row])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa:?}: query {i} differs alone and in the batch"
+                );
+                for h in 0..heads {
+                    let qh = &q[(i * heads + h) * hd..][..hd];
+                    let len = start + i + 1;
+                    let s: Vec<f64> = (0..len)
+                        .map(|t| {
+                            let k = &keys[(h * cap + t) * hd..][..hd];
+                            qh.iter()
+                                .zip(k)
+                                .map(|(&a, &b)| a as f64 * b as f64)
+                                .sum::<f64>()
+                                / (hd as f64).sqrt()
+                        })
+                        .collect();
+                    let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let p: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
+                    let sum: f64 = p.iter().sum();
+                    for e in 0..hd {
+                        let want: f64 = (0..len)
+                            .map(|t| p[t] / sum * values[(h * cap + t) * hd + e] as f64)
+                            .sum();
+                        let got = batch[(i * heads + h) * hd + e] as f64;
+                        worst = worst.max((got - want).abs());
+                        assert!(
+                            (got - want).abs() <= 1e-5 + 1e-5 * want.abs(),
+                            "{isa:?}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+            match &first {
+                None => first = Some(batch),
+                Some(f) => assert!(
+                    f.iter()
+                        .zip(&batch)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa:?}: attention bits differ between kernel sets"
+                ),
+            }
+        }
+        println!("largest |attention − f64 reference| = {worst:.3e}");
     }
 
     #[test]
