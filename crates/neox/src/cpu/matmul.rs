@@ -594,9 +594,7 @@ mod tests {
                         let mut y = vec![f32::NAN; m * n];
                         linear(isa, &x[..m * k], m, &packed, Some(&bias), &mut y);
                         assert!(
-                            y.iter()
-                                .zip(&alone)
-                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            crate::cpu::same_bits(&y, &alone[..m * n]),
                             "{dtype:?} {isa:?} [{n}, {k}]: {m} rows differ from one row at a time"
                         );
                     }
@@ -611,9 +609,7 @@ mod tests {
                     match &first {
                         None => first = Some(alone),
                         Some(f) => assert!(
-                            f.iter()
-                                .zip(&alone)
-                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            crate::cpu::same_bits(f, &alone),
                             "{dtype:?} [{n}, {k}]: kernel sets disagree ({isa:?})"
                         ),
                     }
@@ -637,9 +633,7 @@ mod tests {
                 let mut got = vec![f32::NAN; m * n];
                 linear_then(isa, &x, m, &w, Some(&bias), Epilogue::Gelu, &mut got);
                 assert!(
-                    got.iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    crate::cpu::same_bits(&got, &want),
                     "{isa:?} m = {m}: fused GELU differs"
                 );
             }

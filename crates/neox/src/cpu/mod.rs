@@ -42,3 +42,9 @@ impl Isa {
         out
     }
 }
+
+/// Whether two results agree bit for bit (tests of batch invariance and of kernel sets).
+#[cfg(test)]
+pub(crate) fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}

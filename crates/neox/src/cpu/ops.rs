@@ -364,7 +364,7 @@ mod tests {
             match &first {
                 None => first = Some(got),
                 Some(f) => assert!(
-                    f.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    crate::cpu::same_bits(f, &got),
                     "{isa:?}: gelu bits differ between kernel sets"
                 ),
             }
@@ -422,10 +422,7 @@ mod tests {
                     &mut alone,
                 );
                 assert!(
-                    alone
-                        .iter()
-                        .zip(&batch[row])
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    crate::cpu::same_bits(&alone, &batch[row]),
                     "{isa:?}: query {i} differs alone and in the batch"
                 );
                 for h in 0..heads {
@@ -460,9 +457,7 @@ mod tests {
             match &first {
                 None => first = Some(batch),
                 Some(f) => assert!(
-                    f.iter()
-                        .zip(&batch)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    crate::cpu::same_bits(f, &batch),
                     "{isa:?}: attention bits differ between kernel sets"
                 ),
             }
