@@ -445,8 +445,8 @@ mod x86 {
     /// How far ahead (bytes) a verify-sized tile prefetches its weight stream: with 2–6 rows
     /// the FMAs between loads leave the hardware prefetcher behind. Measured on the 2.8b
     /// shapes ([10240, 2560], [2560, 10240], [50304, 2560] f16, 5 rows vs 1, alternating in one
-    /// process): no prefetch 1.6×; one prefetch per 32-byte step at 2 KiB, 1.22–1.30×; the
-    /// loop unrolled to 64 bytes with two lines asked for at 2 or 4 KiB, 1.13–1.24× (one line
+    /// process): no prefetch 1.6×; one prefetch per 32-byte step at 2 KiB, 1.17–1.34×; the
+    /// loop unrolled to 64 bytes with two lines asked for at 2 or 4 KiB, 1.09–1.26× (one line
     /// per iteration, 1.21–1.33×). In the whole 2.8b verify step: 1.27× → 1.14× a decode step.
     /// One-row (decode) tiles stream fast enough on their own and lose a little from the extra
     /// instructions; K-blocked prefill tiles read their slice from L1.
