@@ -406,15 +406,8 @@ mod x86 {
     /// writable accumulator rows; `(rows, np)` is a shape `tile_panels` allows.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dispatch<L: Load>(block: Block, prefetch: bool) {
-        let Block {
-            xs,
-            kc,
-            rows,
-            w,
-            panel_bytes,
-            np,
-            tile,
-        } = block;
+        let (xs, kc, rows, w) = (block.xs, block.kc, block.rows, block.w);
+        let (panel_bytes, np, tile) = (block.panel_bytes, block.np, block.tile);
         assert!(xs.len() >= rows * kc && w.len() >= (np - 1) * panel_bytes + kc * PANEL * L::SIZE);
         let (x, w) = (xs.as_ptr(), w.as_ptr());
         match (rows, np, prefetch) {
