@@ -4,7 +4,7 @@
 // kernel. f16 values travel as raw IEEE binary16 bits in `unsigned short`; the conversions
 // below are single PTX instructions (round-to-nearest-even on the way down).
 // The Rust side passes this file to NVRTC as an in-memory header named "common.cuh".
-// With SPEDEC_HOST_EMU defined (crates/cuda/tests/emu) the few PTX lines are replaced by
+// With SPEDEC_HOST_EMU defined (crates/check/emu) the few PTX lines are replaced by
 // host C++ so the kernels' logic can be tested on a CPU.
 #pragma once
 
@@ -24,7 +24,7 @@ __device__ __forceinline__ f16_t f2h(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
-#else  // host emulation (crates/cuda/tests/emu): same semantics without PTX
+#else  // host emulation (crates/check/emu): same semantics without PTX
 __device__ __forceinline__ float h2f(f16_t h) { return emu_h2f(h); }
 __device__ __forceinline__ f16_t f2h(float f) { return emu_f2h(f); }
 #endif

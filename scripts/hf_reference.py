@@ -14,7 +14,7 @@ same device:
 - assisted generation (`assistant_model=` the 70m draft, 4 draft tokens per step, constant
   schedule) in ms per new token.
 
-Everything is described in DIR/reference.json (format in crates/eval/src/gpu_check/hf.rs).
+Everything is described in DIR/reference.json (format in crates/check/src/sections/hf.rs).
 
     python3 scripts/hf_reference.py DIR                 # GPU, real Pythia shapes
     python3 scripts/hf_reference.py DIR --device cpu --small   # tiny shapes, a smoke test

@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use spedec_report::bench::{BenchMode, BenchReport};
+use spedec_report::{fmt_opt, write_atomic, Device};
 
-use crate::common::{
-    self, check_vocab, fmt_opt, num, write_atomic, Device, ModelRef, ModelSource, RunArgs, Spedec,
-};
+use crate::common::{self, check_vocab, ModelRef, ModelSource, RunArgs, Spedec};
 use crate::plot::{self, Panel, Series};
 
 #[derive(Debug, clap::Args)]
@@ -173,7 +173,7 @@ impl Meta {
 pub struct Point {
     pub draft: ModelRef,
     pub gamma: u32,
-    pub report: Value,
+    pub report: BenchReport,
 }
 
 /// Entry point of the subcommand.
@@ -245,19 +245,22 @@ pub fn run(args: &Args) -> Result<()> {
             });
         }
     }
-    let machine = common::report_machine(&points[0].report)
-        .unwrap_or_else(|| common::fallback_machine(args.run.device, !device_args.is_empty()));
+    let machine = common::run_machine(
+        &points[0].report.machine,
+        args.run.device,
+        !device_args.is_empty(),
+    );
     let meta = Meta {
         date: common::today(),
-        device: common::device_tag(&machine),
-        machine,
+        device: common::device_tag(&machine.description),
+        machine: machine.description,
         device_requested: args.run.device,
         command: common::command_line(),
         synthetic: args.synthetic,
         sampling: sampling(args),
         load_before,
         load_after: common::load_average(),
-        threads: common::cpu_threads(),
+        threads: spedec_report::machine::host_threads(),
         wall_s: start.elapsed().as_secs_f64(),
         git_commit: common::git_commit(),
     };
@@ -272,7 +275,7 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn read_report(path: &Path) -> Result<Value> {
+fn read_report(path: &Path) -> Result<BenchReport> {
     let text = fs::read_to_string(path)
         .with_context(|| format!("spedec wrote no report to {}", path.display()))?;
     serde_json::from_str(&text)
@@ -329,7 +332,7 @@ fn file_stem(kind: &str, meta: &Meta) -> String {
 }
 
 fn write_single(dir: &Path, target: &ModelRef, point: &Point, meta: &Meta) -> Result<Vec<PathBuf>> {
-    let mut report = point.report.clone();
+    let mut report = serde_json::to_value(&point.report)?;
     report["xtask"] = meta.to_json();
     let table = markdown(&point.report, &target.label, &point.draft.label, meta);
     println!("{table}");
@@ -344,132 +347,26 @@ fn write_single(dir: &Path, target: &ModelRef, point: &Point, meta: &Meta) -> Re
     Ok(vec![json_path, md_path])
 }
 
-/// `median (min–max)` of a spedec summary (`{median,min,max,n}`), scaled.
-fn cell(summary: &Value, scale: f64, digits: usize) -> String {
-    match (
-        num(&summary["median"]),
-        num(&summary["min"]),
-        num(&summary["max"]),
-    ) {
-        (Some(med), Some(lo), Some(hi)) => format!(
-            "{:.digits$} ({:.digits$}–{:.digits$})",
-            med * scale,
-            lo * scale,
-            hi * scale
-        ),
-        _ => "—".into(),
-    }
-}
-
-fn mode<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["modes"]
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["mode"] == name))
-        .unwrap_or(&Value::Null)
-}
-
-/// The seed study's speed table (TTFT in s, TPOT in ms, throughput) plus the speculative
-/// statistics, for one `spedec bench` report.
-pub fn markdown(report: &Value, target: &str, draft: &str, meta: &Meta) -> String {
-    let mut out = format!("## Speed: {draft} → {target}, γ = {}\n\n", report["gamma"]);
+/// The seed study's speed table (TTFT and TPOT in ms, throughput in tokens/s) plus the
+/// speculative statistics, for one `spedec bench` report.
+pub fn markdown(report: &BenchReport, target: &str, draft: &str, meta: &Meta) -> String {
+    let mut out = format!("## Speed: {draft} → {target}, γ = {}\n\n", report.gamma);
     if meta.synthetic {
         out += &format!("> **Note.** {SYNTHETIC_NOTE}\n\n");
     }
-    out += &mode_tables(report, target, draft);
+    out += &report.tables(target, draft);
     out += &format!(
         "\nEach mode: {} prompt(s) × {} measured run(s) after {} warm-up run(s), {} new tokens \
          per run; cells are median (min–max) over prompts × runs. TTFT: start to the first new \
          token (prefill included); TPOT: (total − TTFT) / (new tokens − 1); throughput: new \
          tokens / total time. c = small TPOT / target TPOT; predicted speedup = (1 − α^(γ+1)) / \
          ((1 − α)(γc + 1)) (Leviathan et al., 2023).\n\n{}\n",
-        report["prompts"].as_array().map_or(0, Vec::len),
-        report["runs"],
-        report["warmup"],
-        report["max_new_tokens"],
+        report.prompts.len(),
+        report.runs,
+        report.warmup,
+        report.max_new_tokens,
         meta.how_measured()
     );
-    out
-}
-
-/// The mode table and the statistics table of one report.
-fn mode_tables(report: &Value, target: &str, draft: &str) -> String {
-    let mut out = String::from(
-        "| model / mode | TTFT (s) | TPOT (ms) | throughput (tokens/s) |\n|---|---|---|---|\n",
-    );
-    for (name, label) in [
-        ("small", format!("{draft} (small)")),
-        ("target", format!("{target} (target)")),
-        ("spec", "speculative decoding (spec)".to_string()),
-    ] {
-        let m = mode(report, name);
-        out += &format!(
-            "| {label} | {} | {} | {} |\n",
-            cell(&m["ttft_ms"], 1e-3, 4),
-            cell(&m["tpot_ms"], 1.0, 2),
-            cell(&m["throughput_tok_s"], 1.0, 2)
-        );
-    }
-    let spec = mode(report, "spec");
-    let times = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.3}×"));
-    let per_pos: Vec<String> = spec["acceptance_per_position"]
-        .as_array()
-        .map(|a| a.iter().map(|v| fmt_opt(num(v), 3)).collect())
-        .unwrap_or_default();
-    let histogram: Vec<String> = spec["accepted_length_histogram"]
-        .as_array()
-        .map(|a| a.iter().map(|v| v.to_string()).collect())
-        .unwrap_or_default();
-    out += "\n| statistic | value |\n|---|---|\n";
-    out += &format!(
-        "| speedup, TPOT (target / spec) | {} |\n",
-        times(num(&report["speedup_tpot"]))
-    );
-    out += &format!(
-        "| speedup, throughput (spec / target) | {} |\n",
-        times(num(&report["speedup_throughput"]))
-    );
-    out += &format!(
-        "| acceptance rate α (accepted / drafted) | {} |\n",
-        fmt_opt(num(&spec["acceptance_rate"]), 3)
-    );
-    out += &format!(
-        "| mean accepted length (tokens per verify step) | {} |\n",
-        fmt_opt(num(&spec["mean_accepted_length"]), 3)
-    );
-    out += &format!(
-        "| acceptance by draft position 1..γ | {} |\n",
-        per_pos.join(", ")
-    );
-    out += &format!(
-        "| verify steps by accepted drafts 0..γ | {} |\n",
-        histogram.join(", ")
-    );
-    out += &format!(
-        "| cost ratio c (small TPOT / target TPOT) | {} |\n",
-        fmt_opt(num(&report["cost_ratio"]), 4)
-    );
-    out += &format!(
-        "| predicted speedup (Leviathan et al., from α, γ, c) | {} |\n",
-        times(num(&report["predicted_speedup"]))
-    );
-    let secs = |k: &str| num(&spec[k]).unwrap_or(0.0);
-    let parts = [
-        secs("draft_s"),
-        secs("target_s"),
-        secs("sampling_s"),
-        secs("prefill_s"),
-    ];
-    let sum: f64 = parts.iter().sum();
-    if sum > 0.0 {
-        let pct: Vec<String> = parts
-            .iter()
-            .map(|p| format!("{:.0}%", 100.0 * p / sum))
-            .collect();
-        out += &format!(
-            "| spec time: draft / verify / sampling / prefill | {} |\n",
-            pct.join(" / ")
-        );
-    }
     out
 }
 
@@ -504,10 +401,10 @@ fn write_sweep(
         "drafts": drafts,
         "gammas": gammas,
         "points": points.iter().map(|p| {
-            let mut r = p.report.clone();
+            let mut r = serde_json::to_value(&p.report)?;
             r["draft_label"] = p.draft.label.clone().into();
-            r
-        }).collect::<Vec<_>>(),
+            Ok(r)
+        }).collect::<Result<Vec<_>>>()?,
     });
     let svg = sweep_plot(points, &target.label, meta.synthetic);
     let paths = [
@@ -533,20 +430,20 @@ pub fn sweep_markdown(points: &[Point], target: &str, meta: &Meta, svg_name: &st
             |---|---|---|---|---|---|---|---|---|---|\n";
     for p in points {
         let r = &p.report;
-        let spec = mode(r, "spec");
-        let tpot = |m: &str| fmt_opt(num(&mode(r, m)["tpot_ms"]["median"]), 2);
+        let spec = r.mode(BenchMode::Spec);
+        let tpot = |m: BenchMode| fmt_opt(r.median_tpot_ms(m), 2);
         out += &format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             p.draft.label,
             p.gamma,
-            fmt_opt(num(&spec["acceptance_rate"]), 3),
-            fmt_opt(num(&spec["mean_accepted_length"]), 3),
-            fmt_opt(num(&r["cost_ratio"]), 4),
-            fmt_opt(num(&r["speedup_tpot"]), 3),
-            fmt_opt(num(&r["speedup_throughput"]), 3),
-            fmt_opt(num(&r["predicted_speedup"]), 3),
-            tpot("spec"),
-            tpot("target"),
+            fmt_opt(spec.and_then(|s| s.acceptance_rate), 3),
+            fmt_opt(spec.and_then(|s| s.mean_accepted_length), 3),
+            fmt_opt(r.cost_ratio, 4),
+            fmt_opt(r.speedup_tpot, 3),
+            fmt_opt(r.speedup_throughput, 3),
+            fmt_opt(r.predicted_speedup, 3),
+            tpot(BenchMode::Spec),
+            tpot(BenchMode::Target),
         );
     }
     if let Some(first) = points.first() {
@@ -554,16 +451,16 @@ pub fn sweep_markdown(points: &[Point], target: &str, meta: &Meta, svg_name: &st
             "\nEvery point is its own `spedec bench` run (small, target and spec, each {} \
              prompt(s) × {} run(s) after {} warm-up, {} new tokens); speedups are of spec over \
              that run's target, from medians.\n\n{}\n",
-            first.report["prompts"].as_array().map_or(0, Vec::len),
-            first.report["runs"],
-            first.report["warmup"],
-            first.report["max_new_tokens"],
+            first.report.prompts.len(),
+            first.report.runs,
+            first.report.warmup,
+            first.report.max_new_tokens,
             meta.how_measured()
         );
     }
     for p in points {
         out += &format!("\n### {} → {target}, γ = {}\n\n", p.draft.label, p.gamma);
-        out += &mode_tables(&p.report, target, &p.draft.label);
+        out += &p.report.tables(target, &p.draft.label);
     }
     out
 }
@@ -613,7 +510,7 @@ pub fn sweep_plot(points: &[Point], target: &str, synthetic: bool) -> String {
             })
             .collect()
     };
-    let values = |row: &[Option<&Point>], f: &dyn Fn(&Value) -> Option<f64>| {
+    let values = |row: &[Option<&Point>], f: &dyn Fn(&BenchReport) -> Option<f64>| {
         row.iter()
             .map(|p| p.and_then(|p| f(&p.report)))
             .collect::<Vec<_>>()
@@ -623,17 +520,17 @@ pub fn sweep_plot(points: &[Point], target: &str, synthetic: bool) -> String {
     for (suffix, row) in &groups {
         speed.push(Series {
             name: format!("measured speedup (TPOT){suffix}"),
-            values: values(row, &|r| num(&r["speedup_tpot"])),
+            values: values(row, &|r| r.speedup_tpot),
             dashed: false,
         });
         speed.push(Series {
             name: format!("predicted speedup (Leviathan et al.){suffix}"),
-            values: values(row, &|r| num(&r["predicted_speedup"])),
+            values: values(row, &|r| r.predicted_speedup),
             dashed: true,
         });
         accept.push(Series {
             name: format!("acceptance rate α{suffix}"),
-            values: values(row, &|r| num(&mode(r, "spec")["acceptance_rate"])),
+            values: values(row, &|r| r.mode(BenchMode::Spec)?.acceptance_rate),
             dashed: false,
         });
     }
@@ -676,9 +573,9 @@ mod tests {
         json!({"median": median, "min": min, "max": max, "n": 4})
     }
 
-    /// A report shaped like spedec's, with round numbers.
-    fn report(gamma: u32, alpha: f64) -> Value {
-        json!({
+    /// A report as spedec writes it, with round numbers.
+    fn report(gamma: u32, alpha: f64) -> BenchReport {
+        serde_json::from_value(json!({
             "gamma": gamma, "max_new_tokens": 200, "runs": 5, "warmup": 1,
             "prompts": ["a", "b", "c", "d"],
             "modes": [
@@ -701,7 +598,8 @@ mod tests {
             "speedup_tpot": 2.491, "speedup_throughput": 2.4947, "cost_ratio": 0.0337,
             "predicted_speedup": null, "target": "data/models/pythia-2.8b",
             "draft": "data/models/pythia-70m", "machine": "AMD EPYC, 2 threads (CPU)"
-        })
+        }))
+        .expect("a spedec bench report")
     }
 
     fn meta(synthetic: bool) -> Meta {
@@ -737,10 +635,10 @@ mod tests {
         let md = markdown(&report(4, 0.75), "pythia-2.8b", "pythia-70m", &meta(false));
         for needle in [
             "## Speed: pythia-70m → pythia-2.8b, γ = 4",
-            "| model / mode | TTFT (s) | TPOT (ms) | throughput (tokens/s) |",
-            "| pythia-70m (small) | 0.0125 (0.0100–0.0200) | 9.00 (8.50–9.50) | 111.00 (100.00–115.00) |",
-            "| pythia-2.8b (target) | 1.4061 (1.4000–1.5000) | 267.00 (260.00–270.00) |",
-            "| speculative decoding (spec) | 0.9570 (0.9000–1.0000) | 107.19 (100.00–150.00) |",
+            "| model / mode | TTFT (ms) | TPOT (ms) | throughput (tokens/s) |",
+            "| pythia-70m (small) | 12.50 (10.00–20.00) | 9.00 (8.50–9.50) | 111.00 (100.00–115.00) |",
+            "| pythia-2.8b (target) | 1406.10 (1400.00–1500.00) | 267.00 (260.00–270.00) |",
+            "| speculative decoding (spec) | 957.00 (900.00–1000.00) | 107.19 (100.00–150.00) |",
             "| speedup, TPOT (target / spec) | 2.491× |",
             "| acceptance rate α (accepted / drafted) | 0.750 |",
             "| mean accepted length (tokens per verify step) | 2.500 |",

@@ -3,14 +3,14 @@
 //! missing through the download module), naming and atomically writing result files.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use clap::ValueEnum;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use serde_json::Value;
+use spedec_report::{Device, Gpu, Machine};
 
 use crate::download;
 
@@ -18,8 +18,10 @@ use crate::download;
 /// are found, and which spedec binary to run.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Where spedec runs (passed on when the spedec binary has --device)
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    /// Where spedec runs: auto (CUDA when the binary and the machine have it, else the CPU),
+    /// cpu, or cuda (fails without a GPU); passed on when the spedec binary has --device
+    #[arg(long, default_value_t = Device::Auto,
+          value_parser = PossibleValuesParser::new(Device::NAMES.iter().copied()).map(|s| s.parse::<Device>().expect("a listed name")))]
     pub device: Device,
 
     /// Folder for the result files
@@ -38,27 +40,6 @@ pub struct RunArgs {
     /// spedec-eval`]
     #[arg(long, value_name = "PATH")]
     pub spedec: Option<PathBuf>,
-}
-
-/// Where `spedec` should run; passed as `spedec … --device` when the binary knows the flag.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Device {
-    /// CUDA when the binary and the machine have it, else the CPU
-    Auto,
-    /// The CPU engine
-    Cpu,
-    /// An NVIDIA GPU (fails when there is none)
-    Cuda,
-}
-
-impl Device {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Device::Auto => "auto",
-            Device::Cpu => "cpu",
-            Device::Cuda => "cuda",
-        }
-    }
 }
 
 /// An error whose message the user has already seen (`spedec` printed its own `error:` line
@@ -459,36 +440,25 @@ pub fn device_tag(machine: &str) -> String {
     }
 }
 
-/// The machine a spedec JSON report names: its `machine` field, with its `device` field when
-/// that is a string other than `cpu` (a CUDA-capable spedec may add one).
-pub fn report_machine(report: &Value) -> Option<String> {
-    let machine = report["machine"].as_str().filter(|m| !m.trim().is_empty());
-    let device = report["device"]
-        .as_str()
-        .filter(|d| !d.trim().is_empty() && !d.eq_ignore_ascii_case("cpu"));
-    match (machine, device) {
-        (Some(m), Some(d)) if !m.to_ascii_lowercase().contains(&d.to_ascii_lowercase()) => {
-            Some(format!("{d}; {m}"))
-        }
-        (Some(m), _) => Some(m.to_string()),
-        (None, Some(d)) => Some(d.to_string()),
-        (None, None) => None,
+/// The machine a run used: the one its spedec report names, or for a report of an older spedec
+/// that names none, the CPU when spedec has no --device or was told `cpu`, otherwise the
+/// NVIDIA GPU the driver lists (what `auto` and `cuda` pick), if any.
+pub fn run_machine(reported: &Machine, device: Device, device_flag: bool) -> Machine {
+    if !reported.description.trim().is_empty() {
+        return reported.clone();
     }
-}
-
-/// The machine of a run whose report does not name it: the CPU when spedec has no --device
-/// or was told `cpu`; otherwise the NVIDIA GPU the driver lists (what `auto` and `cuda` pick),
-/// if any.
-pub fn fallback_machine(device: Device, device_flag: bool) -> String {
     if device_flag && device != Device::Cpu {
-        if let Some(gpu) = nvidia_gpu_name() {
-            return format!("{gpu} (CUDA)");
-        }
-        if device == Device::Cuda {
-            return "CUDA GPU".to_string();
+        let name =
+            nvidia_gpu_name().or_else(|| (device == Device::Cuda).then(|| "CUDA GPU".into()));
+        if let Some(name) = name {
+            return Machine::cuda(Gpu {
+                name,
+                driver: String::new(),
+                memory_bytes: 0,
+            });
         }
     }
-    cpu_description()
+    Machine::host()
 }
 
 /// The first GPU's model name from the NVIDIA driver's /proc files (Linux).
@@ -527,25 +497,6 @@ pub fn git_commit() -> Option<String> {
     })
 }
 
-/// spedec's description of this machine's CPU (`<model name>, N threads (CPU)`), for runs whose
-/// JSON does not carry one.
-pub fn cpu_description() -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    format!("{cpu}, {} threads (CPU)", cpu_threads())
-}
-
-pub fn cpu_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// The 1-, 5- and 15-minute load averages (Linux), to show how busy the machine was.
 pub fn load_average() -> Option<String> {
     let text = fs::read_to_string("/proc/loadavg").ok()?;
@@ -557,43 +508,6 @@ pub fn load_average() -> Option<String> {
 pub fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     format!("cargo xtask {}", args.join(" "))
-}
-
-/// Writes `bytes` to `path` under a temporary name in the same folder, then renames it, so
-/// `path` is never seen half-written.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(dir) = dir {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let result = (|| -> std::io::Result<()> {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(err) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(err).with_context(|| format!("cannot write {}", path.display()));
-    }
-    Ok(())
-}
-
-/// `f64` of a JSON number (`None` for null or absent).
-pub fn num(v: &Value) -> Option<f64> {
-    v.as_f64()
-}
-
-/// `value` with `digits` decimals, or `—`.
-pub fn fmt_opt(value: Option<f64>, digits: usize) -> String {
-    value.map_or_else(|| "—".to_string(), |v| format!("{v:.digits$}"))
 }
 
 #[cfg(test)]
@@ -628,6 +542,10 @@ mod tests {
         assert_eq!(
             device_tag("AMD EPYC 7R13, 16 threads; GPU: NVIDIA GeForce RTX 3060"),
             "cuda-geforce-rtx-3060"
+        );
+        assert_eq!(
+            device_tag("NVIDIA H200 (CUDA driver 12.8, 140 GiB); host Intel(R) Xeon(R) Processor, 16 threads"),
+            "cuda-h200"
         );
         assert_eq!(device_tag("cuda"), "cuda");
         assert_eq!(device_tag(""), "cpu");
@@ -684,12 +602,17 @@ mod tests {
     }
 
     #[test]
-    fn atomic_writes_leave_no_temporary_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/out.json");
-        write_atomic(&path, b"one").unwrap();
-        write_atomic(&path, b"two").unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), "two");
-        assert_eq!(fs::read_dir(dir.path().join("sub")).unwrap().count(), 1);
+    fn the_reported_machine_wins_over_the_fallback() {
+        let reported = Machine::new("AMD EPYC".into(), 2, None);
+        assert_eq!(run_machine(&reported, Device::Cuda, true), reported);
+        let old: Machine = serde_json::from_str("{}").unwrap();
+        assert_eq!(run_machine(&old, Device::Cpu, true), Machine::host());
+        assert_eq!(run_machine(&old, Device::Cuda, false), Machine::host());
+        let cuda = run_machine(&old, Device::Cuda, true);
+        assert_eq!(cuda.device, Device::Cuda);
+        assert!(
+            device_tag(&cuda.description).starts_with("cuda"),
+            "{cuda:?}"
+        );
     }
 }

@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::ValueEnum;
+use serde::Serialize;
 use serde_json::{json, Value};
+use spedec_report::ppl::{Method, PplReport, Windows};
+use spedec_report::{fmt_opt, write_atomic};
 
-use crate::common::{
-    self, check_vocab, download_args, num, write_atomic, ModelRef, ModelSource, RunArgs, Spedec,
-};
+use crate::common::{self, check_vocab, download_args, ModelRef, ModelSource, RunArgs, Spedec};
 use crate::download;
 
 /// The largest relative difference between spec and target PPL that counts as equal.
@@ -26,23 +28,6 @@ pub enum Data {
     Wikitext2,
     /// PG-19 test books (data/datasets/pg19/<id>.txt), each scored separately
     Pg19,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Method {
-    /// Overlapping windows every --stride tokens (HF's sliding-window perplexity)
-    Strided,
-    /// Non-overlapping windows of --context tokens
-    Chunked,
-}
-
-impl Method {
-    fn as_str(self) -> &'static str {
-        match self {
-            Method::Strided => "strided",
-            Method::Chunked => "chunked",
-        }
-    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,8 +45,11 @@ pub struct Args {
     #[arg(long, default_value = "pythia-70m", value_name = "MODEL")]
     pub draft: String,
 
-    /// How the token stream is cut into windows
-    #[arg(long, value_enum, default_value_t = Method::Strided)]
+    /// How the token stream is cut into windows: strided (overlapping windows every --stride
+    /// tokens, HF's sliding-window perplexity) or chunked (non-overlapping windows of --context
+    /// tokens)
+    #[arg(long, default_value_t = Method::Strided,
+          value_parser = PossibleValuesParser::new(Method::NAMES.iter().copied()).map(|s| s.parse::<Method>().expect("a listed name")))]
     pub method: Method,
 
     /// Window length in tokens [default: the model's 2048 positions]
@@ -114,7 +102,7 @@ Examples:
 pub struct Part {
     pub text: PathBuf,
     /// `spedec ppl --json` output.
-    pub report: Value,
+    pub report: PplReport,
 }
 
 /// Token-weighted means over parts: (tokens, target NLL, draft NLL, spec NLL).
@@ -123,16 +111,14 @@ pub fn combine(parts: &[Part]) -> Result<(u64, f64, Option<f64>, Option<f64>)> {
     let mut sums = [0.0f64; 3];
     let mut have = [true; 3];
     for part in parts {
-        let r = &part.report;
-        let n = r["tokens"].as_u64().with_context(|| {
-            format!(
-                "spedec ppl reported no token count for {}",
-                part.text.display()
-            )
-        })?;
+        let r = &part.report.scores;
+        let n = r.tokens as u64;
         tokens += n;
-        for (i, key) in ["nll", "draft_nll", "spec_nll"].iter().enumerate() {
-            match num(&r[*key]) {
+        for (i, value) in [Some(r.nll), r.draft_nll, r.spec_nll]
+            .into_iter()
+            .enumerate()
+        {
+            match value {
                 Some(v) => sums[i] += v * n as f64,
                 None => have[i] = false,
             }
@@ -194,19 +180,22 @@ pub fn run(args: &Args) -> Result<()> {
             .rev()
             .find(|l| l.trim_start().starts_with('{'))
             .context("spedec ppl printed no JSON result")?;
-        let report: Value =
+        let report: PplReport =
             serde_json::from_str(line).context("spedec ppl printed malformed JSON")?;
         parts.push(Part {
             text: text.clone(),
             report,
         });
     }
-    let machine = common::report_machine(&parts[0].report)
-        .unwrap_or_else(|| common::fallback_machine(args.run.device, !device_args.is_empty()));
+    let machine = common::run_machine(
+        &parts[0].report.machine,
+        args.run.device,
+        !device_args.is_empty(),
+    );
     let meta = PplMeta {
         date: common::today(),
-        device: common::device_tag(&machine),
-        machine,
+        device: common::device_tag(&machine.description),
+        machine: machine.description,
         command: common::command_line(),
         synthetic: args.synthetic,
         data: args.data,
@@ -343,44 +332,106 @@ pub struct PplMeta {
     pub git_commit: Option<String>,
 }
 
+/// The PPL of one model.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelPpl {
+    /// Label (`pythia-70m`, `synthetic pythia-70m`, a folder's name).
+    pub model: String,
+    /// What spedec was given: a folder or a synthetic spec.
+    pub spec: String,
+    pub nll: f64,
+    pub ppl: f64,
+}
+
+/// The speculative sampler's PPL.
+#[derive(Clone, Debug, Serialize)]
+pub struct SpecPpl {
+    pub nll: f64,
+    pub ppl: f64,
+}
+
 /// The result file's content: the three PPLs, the check, the method and every part.
+#[derive(Clone, Debug, Serialize)]
+pub struct PplResult {
+    /// `wikitext2` or `pg19`.
+    pub dataset: &'static str,
+    pub texts: Vec<String>,
+    /// How the texts were joined and tokenized.
+    pub join: &'static str,
+    pub windows: Windows,
+    pub max_tokens: Option<u32>,
+    /// The windows in words.
+    pub method: String,
+    pub tokens: u64,
+    pub small: ModelPpl,
+    pub target: ModelPpl,
+    pub spec: SpecPpl,
+    pub spec_target_relative_difference: f64,
+    pub lossless: bool,
+    pub seconds: f64,
+    /// Window tokens (overlaps counted) per second of spedec's scoring.
+    pub tokens_per_second: f64,
+    /// Every text's `spedec ppl --json` report.
+    pub parts: Vec<PplReport>,
+    /// How the result was obtained.
+    pub xtask: Value,
+    #[serde(skip)]
+    pub meta: PplMeta,
+}
+
+/// The three PPLs, the check, the method and every part.
 pub fn summarize(
     parts: &[Part],
     target: &ModelRef,
     draft: &ModelRef,
     meta: &PplMeta,
     max_tokens: Option<u32>,
-) -> Result<Value> {
+) -> Result<PplResult> {
     let (tokens, nll, draft_nll, spec_nll) = combine(parts)?;
     let spec_nll = spec_nll.context("spedec ppl reported no spec NLL (was --draft passed?)")?;
     let draft_nll = draft_nll.context("spedec ppl reported no draft NLL")?;
     let ppl = nll.exp();
     let spec_ppl = spec_nll.exp();
     let rel = (spec_ppl - ppl).abs() / ppl;
-    let windows = &parts[0].report["windows"];
-    let seconds: f64 = parts.iter().filter_map(|p| num(&p.report["seconds"])).sum();
+    let windows = parts[0].report.scores.windows;
+    let seconds: f64 = parts.iter().map(|p| p.report.scores.seconds).sum();
     let window_tokens: f64 = parts
         .iter()
-        .filter_map(|p| Some(num(&p.report["tokens_per_second"])? * num(&p.report["seconds"])?))
+        .map(|p| p.report.scores.tokens_per_second * p.report.scores.seconds)
         .sum();
-    let texts: Vec<String> = parts.iter().map(|p| p.text.display().to_string()).collect();
-    Ok(json!({
-        "dataset": match meta.data { Data::Wikitext2 => "wikitext2", Data::Pg19 => "pg19" },
-        "texts": texts,
-        "join": join_text(meta.data),
-        "windows": windows,
-        "max_tokens": max_tokens,
-        "method": method_text(windows, max_tokens),
-        "tokens": tokens,
-        "small": {"model": draft.label, "spec": draft.spec, "nll": draft_nll, "ppl": draft_nll.exp()},
-        "target": {"model": target.label, "spec": target.spec, "nll": nll, "ppl": ppl},
-        "spec": {"nll": spec_nll, "ppl": spec_ppl},
-        "spec_target_relative_difference": rel,
-        "lossless": rel <= LOSSLESS_TOLERANCE,
-        "seconds": seconds,
-        "tokens_per_second": if seconds > 0.0 { window_tokens / seconds } else { 0.0 },
-        "parts": parts.iter().map(|p| p.report.clone()).collect::<Vec<_>>(),
-        "xtask": {
+    let model = |m: &ModelRef, nll: f64| ModelPpl {
+        model: m.label.clone(),
+        spec: m.spec.clone(),
+        nll,
+        ppl: nll.exp(),
+    };
+    Ok(PplResult {
+        dataset: match meta.data {
+            Data::Wikitext2 => "wikitext2",
+            Data::Pg19 => "pg19",
+        },
+        texts: parts.iter().map(|p| p.text.display().to_string()).collect(),
+        join: join_text(meta.data),
+        windows,
+        max_tokens,
+        method: method_text(&windows, max_tokens),
+        tokens,
+        small: model(draft, draft_nll),
+        target: model(target, nll),
+        spec: SpecPpl {
+            nll: spec_nll,
+            ppl: spec_ppl,
+        },
+        spec_target_relative_difference: rel,
+        lossless: rel <= LOSSLESS_TOLERANCE,
+        seconds,
+        tokens_per_second: if seconds > 0.0 {
+            window_tokens / seconds
+        } else {
+            0.0
+        },
+        parts: parts.iter().map(|p| p.report.clone()).collect(),
+        xtask: json!({
             "date": meta.date,
             "machine": meta.machine,
             "device": meta.device,
@@ -389,8 +440,9 @@ pub fn summarize(
             "note": meta.synthetic.then_some(SYNTHETIC_NOTE),
             "wall_s": meta.wall_s,
             "git_commit": meta.git_commit,
-        },
-    }))
+        }),
+        meta: meta.clone(),
+    })
 }
 
 const SYNTHETIC_NOTE: &str = "Synthetic weights (seeded random values, exact Pythia shapes): \
@@ -409,10 +461,9 @@ fn join_text(data: Data) -> &'static str {
     }
 }
 
-fn method_text(windows: &Value, max_tokens: Option<u32>) -> String {
-    let context = &windows["context"];
-    let stride = &windows["stride"];
-    let mut text = if windows["method"] == "chunked" {
+fn method_text(windows: &Windows, max_tokens: Option<u32>) -> String {
+    let (context, stride) = (windows.context, windows.stride);
+    let mut text = if windows.method == Method::Chunked {
         format!(
             "non-overlapping windows of {context} tokens (the first token of each window is not \
              scored)"
@@ -422,7 +473,7 @@ fn method_text(windows: &Value, max_tokens: Option<u32>) -> String {
             "windows of {context} tokens every {stride} tokens (HF's strided sliding window): each \
              token after the first is scored once, with at least {} tokens of history after the \
              first window",
-            num(context).unwrap_or(0.0) - num(stride).unwrap_or(0.0)
+            context - stride
         )
     };
     if let Some(n) = max_tokens {
@@ -432,34 +483,33 @@ fn method_text(windows: &Value, max_tokens: Option<u32>) -> String {
 }
 
 /// The seed study's PPL table, the losslessness check and the method.
-pub fn markdown(result: &Value) -> String {
-    let data = match result["dataset"].as_str() {
-        Some("pg19") => "PG-19 (test books)",
-        _ => "WikiText-2 (raw, test split)",
+pub fn markdown(result: &PplResult) -> String {
+    let data = match result.meta.data {
+        Data::Pg19 => "PG-19 (test books)",
+        Data::Wikitext2 => "WikiText-2 (raw, test split)",
     };
-    let label = |v: &Value| v.as_str().unwrap_or("?").to_string();
     let mut out = format!("## Perplexity on {data}\n\n");
-    if result["xtask"]["synthetic"] == true {
+    if result.meta.synthetic {
         out += &format!("> **Note.** {SYNTHETIC_NOTE}\n\n");
     }
     out += "| model / mode | PPL |\n|---|---|\n";
-    let ppl = |v: &Value| common::fmt_opt(num(v), 6);
+    let ppl = |v: f64| fmt_opt(Some(v), 6);
     out += &format!(
         "| {} (small) | {} |\n",
-        label(&result["small"]["model"]),
-        ppl(&result["small"]["ppl"])
+        result.small.model,
+        ppl(result.small.ppl)
     );
     out += &format!(
         "| {} (target) | {} |\n",
-        label(&result["target"]["model"]),
-        ppl(&result["target"]["ppl"])
+        result.target.model,
+        ppl(result.target.ppl)
     );
     out += &format!(
         "| speculative decoding (spec) | {} |\n",
-        ppl(&result["spec"]["ppl"])
+        ppl(result.spec.ppl)
     );
-    let rel = num(&result["spec_target_relative_difference"]).unwrap_or(f64::NAN);
-    let verdict = if result["lossless"] == true {
+    let rel = result.spec_target_relative_difference;
+    let verdict = if result.lossless {
         format!(
             "≤ {LOSSLESS_TOLERANCE:.0e}: spec PPL equals target PPL, the empirical check that \
              speculative decoding is lossless passes"
@@ -468,26 +518,23 @@ pub fn markdown(result: &Value) -> String {
         format!("> {LOSSLESS_TOLERANCE:.0e}: spec PPL DIFFERS from target PPL — the check FAILS")
     };
     out += &format!("\nLosslessness: |spec − target| / target = {rel:.2e} ({verdict}).\n\n");
-    let texts: Vec<String> = result["texts"]
-        .as_array()
-        .map(|t| t.iter().map(|v| format!("`{}`", label(v))).collect())
-        .unwrap_or_default();
-    let meta = &result["xtask"];
+    let texts: Vec<String> = result.texts.iter().map(|t| format!("`{t}`")).collect();
+    let meta = &result.meta;
     out += &format!(
         "Method: {}; {}. Texts: {}. {} tokens scored in {:.1} s ({:.1} tokens/s, window overlaps \
          counted). spec is the NLL of the probability with which speculative sampling (draft \
          proposes from q, target accepts with min(1, p/q), else draws from norm(max(0, p − q))) \
          emits each token.\n\nMeasured {} on {} (`{}`) with `{}`.\n",
-        label(&result["join"]),
-        label(&result["method"]),
+        result.join,
+        result.method,
         texts.join(", "),
-        result["tokens"],
-        num(&result["seconds"]).unwrap_or(0.0),
-        num(&result["tokens_per_second"]).unwrap_or(0.0),
-        label(&meta["date"]),
-        label(&meta["machine"]),
-        label(&meta["device"]),
-        label(&meta["command"]),
+        result.tokens,
+        result.seconds,
+        result.tokens_per_second,
+        meta.date,
+        meta.machine,
+        meta.device,
+        meta.command,
     );
     out
 }
@@ -499,13 +546,14 @@ mod tests {
     fn part(tokens: u64, nll: f64, draft: f64, spec: f64) -> Part {
         Part {
             text: PathBuf::from(format!("{tokens}.txt")),
-            report: json!({
+            report: serde_json::from_value(json!({
                 "tokens": tokens, "nll": nll, "ppl": nll.exp(), "draft_nll": draft,
                 "draft_ppl": draft.exp(), "spec_nll": spec, "spec_ppl": spec.exp(),
                 "windows": {"method": "strided", "context": 2048, "stride": 1024},
                 "num_windows": 3, "seconds": 2.0, "tokens_per_second": 100.0,
                 "model": "t", "draft": "d", "text": "x"
-            }),
+            }))
+            .expect("a spedec ppl report"),
         }
     }
 
@@ -555,7 +603,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(result["lossless"], true);
+        assert!(result.lossless);
         let md = markdown(&result);
         for needle in [
             "## Perplexity on WikiText-2 (raw, test split)",
@@ -575,7 +623,7 @@ mod tests {
         let off = [part(100, 2.0, 3.0, 2.001)];
         let result =
             summarize(&off, &model("t"), &model("d"), &meta(Data::Pg19), Some(300)).unwrap();
-        assert_eq!(result["lossless"], false);
+        assert!(!result.lossless);
         let md = markdown(&result);
         assert!(
             md.contains("the check FAILS") && md.contains("PG-19"),

@@ -146,7 +146,7 @@ fn bench_writes_the_report_and_the_table() {
             .arg(spedec()),
     );
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("| model / mode | TTFT (s) | TPOT (ms) | throughput (tokens/s) |"));
+    assert!(stdout.contains("| model / mode | TTFT (ms) | TPOT (ms) | throughput (tokens/s) |"));
     assert!(
         stdout.contains("| synthetic pythia-14m (target) |"),
         "{stdout}"
@@ -194,6 +194,12 @@ fn bench_writes_the_report_and_the_table() {
     assert_eq!(r["target"], "synthetic:pythia-14m");
     assert_eq!(r["draft"], "synthetic:pythia-14m:seed=1");
     assert!(r["machine"].as_str().is_some_and(|m| !m.is_empty()));
+    // The machine's fields: the device the run used, and the host CPU.
+    let used = r["device"].as_str().unwrap();
+    assert!(used == "cpu" || used == "cuda", "{used}");
+    assert_eq!(used == "cuda", r["gpu"]["name"].is_string(), "{}", r["gpu"]);
+    assert!(r["cpu_threads"].as_u64().unwrap() >= 1);
+    assert!(!r["cpu"].as_str().unwrap().is_empty());
     let modes = r["modes"].as_array().unwrap();
     let names: Vec<&str> = modes.iter().map(|m| m["mode"].as_str().unwrap()).collect();
     assert_eq!(names, ["small", "target", "spec"]);

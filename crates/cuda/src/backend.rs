@@ -1,14 +1,31 @@
-//! The kernels as the self-check sees them: a backend owns buffers and runs each kernel with
-//! the kernel's own arguments. [`GpuBackend`] runs them on a device through the typed
-//! launchers; the crate's tests implement the same trait for a host emulation of the CUDA
-//! sources, so every check also runs on machines without a GPU.
+//! Kernels behind one trait, and the one device type that runs them.
+//!
+//! [`KernelBackend`] is what the model's forward (`spedec_neox::cuda_model::Engine`) needs:
+//! buffers, host ↔ backend copies, one call per kernel with the launchers' shapes, and a
+//! hook to record a step's launches. [`GpuBackend`] is its implementation on a device: it
+//! owns the context, the attention scratch and the CUDA graphs of one model. The
+//! verification crate (`spedec-gpu-check`) adds its check-only calls (poisoning, timing,
+//! argmax, softmax) in an extension trait, and implements both traits for a host emulation
+//! of the CUDA sources, so the forward and the checks also run on machines without a GPU.
 
-use anyhow::Result;
+use std::sync::Arc;
+
+use anyhow::{anyhow, ensure, Result};
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use half::f16;
 
 use crate::context::GpuContext;
+use crate::graphs::{GraphStats, Graphs};
+use crate::kernels::consts::{ATT_MAX_M, LIN_MAX_M};
 use crate::ops::{AttnScratch, AttnShape, LayerNormOut, LinearOut};
+
+/// Rows per step: the kernels' limit (M ≤ 16). Longer inputs run in steps of this size,
+/// which batch invariance makes exact.
+pub const MAX_ROWS: usize = if LIN_MAX_M < ATT_MAX_M {
+    LIN_MAX_M
+} else {
+    ATT_MAX_M
+};
 
 /// Element types moved between host and backend: every bit pattern is a valid value.
 pub trait Elem: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static {}
@@ -18,7 +35,7 @@ impl Elem for u32 {}
 impl Elem for i32 {}
 
 /// Destination and epilogue of [`KernelBackend::linear`] (mirrors [`LinearOut`]).
-pub enum LinDest<'a, B: KernelBackend + ?Sized> {
+pub enum LinDest<'a, B: KernelBackend> {
     /// f16 [m, n] = x·Wᵀ + b
     F16(&'a mut B::Buf<f16>),
     /// f16 [m, n] = gelu(x·Wᵀ + b)
@@ -36,26 +53,37 @@ pub type SecondLn<'a, B> = (
     &'a mut <B as KernelBackend>::Buf<f16>,
 );
 
-/// Buffers plus one call per kernel, with the shapes of [`GpuContext`]'s launchers.
+/// Buffers, copies, and one call per kernel, with the shapes of [`GpuContext`]'s launchers.
 #[allow(clippy::too_many_arguments)]
-pub trait KernelBackend {
+pub trait KernelBackend: Sized {
     /// A buffer of `T` owned by the backend.
     type Buf<T: Elem>;
 
-    /// Short description for reports.
-    fn describe(&self) -> String;
     /// Copy host data into a new buffer.
     fn upload<T: Elem>(&mut self, host: &[T]) -> Result<Self::Buf<T>>;
-    /// A new buffer of `len` elements filled with 0xFF bytes (NaN for floats).
-    fn poisoned<T: Elem>(&mut self, len: usize) -> Result<Self::Buf<T>>;
-    /// Fill a buffer with 0xFF bytes.
-    fn poison<T: Elem>(&mut self, buf: &mut Self::Buf<T>) -> Result<()>;
     /// Copy a buffer back (waits for pending work).
     fn download<T: Elem>(&mut self, buf: &Self::Buf<T>) -> Result<Vec<T>>;
+    /// Copy `host` into the start of `dst` (ordered with the launches).
+    fn write<T: Elem>(&mut self, host: &[T], dst: &mut Self::Buf<T>) -> Result<()>;
+    /// Copy the first `dst.len()` elements of `src` into `dst` (waits for pending work).
+    fn read_into<T: Elem>(&mut self, src: &Self::Buf<T>, dst: &mut [T]) -> Result<()>;
     /// Wait for pending work.
     fn synchronize(&mut self) -> Result<()>;
-    /// Whether timings mean anything (false for an emulation).
-    fn timed(&self) -> bool;
+
+    /// Allocate what the backend keeps per model before the first step (the attention
+    /// scratch for `shape`), so that no step allocates.
+    fn prepare(&mut self, shape: &AttnShape) -> Result<()>;
+
+    /// Run one step of `m` rows; `encode` enqueues its launches. A backend may record them
+    /// the first times and replay the record later (CUDA graphs); the default runs them.
+    fn run_step(
+        &mut self,
+        m: usize,
+        encode: &mut dyn FnMut(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        let _ = m;
+        encode(self)
+    }
 
     /// See [`GpuContext::embedding_f16`].
     fn embedding(
@@ -118,114 +146,99 @@ pub trait KernelBackend {
         m: usize,
         shape: &AttnShape,
     ) -> Result<()>;
-
-    /// Poison the attention scratch, so a combine that reads an unwritten split fails.
-    fn poison_attention_scratch(&mut self) -> Result<()>;
-
-    /// See [`GpuContext::argmax_f32`].
-    fn argmax(
-        &mut self,
-        logits: &Self::Buf<f32>,
-        out: &mut Self::Buf<u32>,
-        m: usize,
-        vocab: usize,
-    ) -> Result<()>;
-
-    /// See [`GpuContext::softmax_f32`].
-    fn softmax(
-        &mut self,
-        logits: &Self::Buf<f32>,
-        probs: &mut Self::Buf<f32>,
-        m: usize,
-        vocab: usize,
-        temperature: f32,
-    ) -> Result<()>;
 }
 
-/// A device backend: a context plus the attention scratch it owns. Every such type gets the one
-/// [`KernelBackend`] implementation below (the self-check's [`GpuBackend`] and the engine's
-/// model ops share it).
-pub trait GpuKernels {
-    /// The device context.
-    fn gpu(&self) -> &GpuContext;
-    /// The context and an attention scratch fitting `shape` (made on first use or when the
-    /// shape changes).
-    fn gpu_and_scratch(&mut self, shape: &AttnShape) -> Result<(&GpuContext, &mut AttnScratch)>;
-    /// The context and the scratch made so far, if any.
-    fn gpu_and_existing_scratch(&mut self) -> (&GpuContext, Option<&mut AttnScratch>);
-}
-
-/// The self-check's backend: kernels on a device through [`GpuContext`]'s launchers.
-pub struct GpuBackend<'a> {
-    gpu: &'a GpuContext,
+/// Kernels on one GPU stream, with the attention scratch and the CUDA graphs of one model.
+pub struct GpuBackend {
+    gpu: Arc<GpuContext>,
+    /// f32 partial results of the two-pass attention, for up to [`MAX_ROWS`] queries.
     scratch: Option<AttnScratch>,
+    graphs: Graphs,
 }
 
-impl<'a> GpuBackend<'a> {
-    /// Wrap a live context.
-    pub fn new(gpu: &'a GpuContext) -> Self {
-        Self { gpu, scratch: None }
-    }
-}
-
-impl GpuKernels for GpuBackend<'_> {
-    fn gpu(&self) -> &GpuContext {
-        self.gpu
-    }
-
-    fn gpu_and_scratch(&mut self, shape: &AttnShape) -> Result<(&GpuContext, &mut AttnScratch)> {
-        let stale = self.scratch.as_ref().is_none_or(|s| s.shape() != shape);
-        if stale {
-            let mut s = AttnScratch::new(self.gpu, shape, crate::kernels::consts::ATT_MAX_M)?;
-            poison_scratch(self.gpu, &mut s)?;
-            self.scratch = Some(s);
+impl GpuBackend {
+    /// Kernels on `gpu`; `graphs` turns step recording on (which needs the context's event
+    /// tracking off: see [`crate::graphs`]).
+    pub fn new(gpu: Arc<GpuContext>, graphs: bool) -> Self {
+        GpuBackend {
+            gpu,
+            scratch: None,
+            graphs: Graphs::new(graphs),
         }
-        let scratch = self.scratch.as_mut().expect("scratch was just set");
-        Ok((self.gpu, scratch))
     }
 
-    fn gpu_and_existing_scratch(&mut self) -> (&GpuContext, Option<&mut AttnScratch>) {
-        (self.gpu, self.scratch.as_mut())
+    /// The device context.
+    pub fn gpu(&self) -> &Arc<GpuContext> {
+        &self.gpu
+    }
+
+    /// The attention scratch fitting `shape`, made on first use or when the shape changes.
+    pub fn attention_scratch(&mut self, shape: &AttnShape) -> Result<&mut AttnScratch> {
+        scratch_for(&self.gpu, &mut self.scratch, shape)
+    }
+
+    /// Graph counters.
+    pub fn graph_stats(&self) -> &GraphStats {
+        self.graphs.stats()
+    }
+
+    /// Turn step recording on or off (dropping recorded graphs either way).
+    pub fn set_graphs(&mut self, enabled: bool) {
+        self.graphs.set_enabled(enabled);
     }
 }
 
-fn poison_scratch(gpu: &GpuContext, s: &mut AttnScratch) -> Result<()> {
-    let (o, ml) = s.buffers_mut();
-    gpu.poison(o)?;
-    gpu.poison(ml)
-}
-
-impl<G: GpuKernels> KernelBackend for G {
+impl KernelBackend for GpuBackend {
     type Buf<T: Elem> = CudaSlice<T>;
 
-    fn describe(&self) -> String {
-        self.gpu().describe()
-    }
-
     fn upload<T: Elem>(&mut self, host: &[T]) -> Result<CudaSlice<T>> {
-        self.gpu().upload(host)
-    }
-
-    fn poisoned<T: Elem>(&mut self, len: usize) -> Result<CudaSlice<T>> {
-        let mut b = self.gpu().zeros::<T>(len)?;
-        self.gpu().poison(&mut b)?;
-        Ok(b)
-    }
-
-    fn poison<T: Elem>(&mut self, buf: &mut CudaSlice<T>) -> Result<()> {
-        self.gpu().poison(buf)
+        self.gpu.upload(host)
     }
 
     fn download<T: Elem>(&mut self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
-        self.gpu().download(buf)
+        self.gpu.download(buf)
+    }
+
+    fn write<T: Elem>(&mut self, host: &[T], dst: &mut CudaSlice<T>) -> Result<()> {
+        self.gpu.write(host, dst)
+    }
+
+    fn read_into<T: Elem>(&mut self, src: &CudaSlice<T>, dst: &mut [T]) -> Result<()> {
+        ensure!(
+            dst.len() <= src.len(),
+            "read of {} elements from a buffer of {}",
+            dst.len(),
+            src.len()
+        );
+        let view = src.slice(0..dst.len());
+        self.gpu
+            .stream()
+            .memcpy_dtoh(&view, dst)
+            .map_err(|e| anyhow!("device-to-host copy of {} elements: {e:?}", dst.len()))?;
+        self.gpu.synchronize()
     }
 
     fn synchronize(&mut self) -> Result<()> {
-        self.gpu().synchronize()
+        self.gpu.synchronize()
     }
 
-    fn timed(&self) -> bool {
-        true
+    fn prepare(&mut self, shape: &AttnShape) -> Result<()> {
+        self.attention_scratch(shape)?;
+        Ok(())
+    }
+
+    fn run_step(
+        &mut self,
+        m: usize,
+        encode: &mut dyn FnMut(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        ensure!((1..=MAX_ROWS).contains(&m), "step of {m} rows");
+        // The graphs are taken out for the step, so `encode` can borrow the backend whole.
+        let mut graphs = std::mem::take(&mut self.graphs);
+        let gpu = self.gpu.clone();
+        let ran = graphs.run(&gpu, m, &mut || encode(self));
+        self.graphs = graphs;
+        ran
     }
 
     fn embedding(
@@ -237,7 +250,7 @@ impl<G: GpuKernels> KernelBackend for G {
         vocab: usize,
         d: usize,
     ) -> Result<()> {
-        self.gpu().embedding_f16(ids, table, out, m, vocab, d)
+        self.gpu.embedding_f16(ids, table, out, m, vocab, d)
     }
 
     fn add_layernorm(
@@ -253,7 +266,7 @@ impl<G: GpuKernels> KernelBackend for G {
         d: usize,
         eps: f32,
     ) -> Result<()> {
-        self.gpu().add_layernorm_f16(
+        self.gpu.add_layernorm_f16(
             x,
             add_a.map(|a| a as _),
             add_b.map(|b| b as _),
@@ -281,7 +294,7 @@ impl<G: GpuKernels> KernelBackend for G {
             LinDest::F32(o) => LinearOut::F32(o),
             LinDest::AddF32(o) => LinearOut::AddF32(o),
         };
-        self.gpu()
+        self.gpu
             .linear_f16(x, w, bias.map(|b| b as _), out, m, n, k)
     }
 
@@ -295,7 +308,7 @@ impl<G: GpuKernels> KernelBackend for G {
         m: usize,
         shape: &AttnShape,
     ) -> Result<()> {
-        self.gpu()
+        self.gpu
             .rotary_kv_f16(qkv, pos, q, k_cache, v_cache, m, shape)
     }
 
@@ -309,35 +322,20 @@ impl<G: GpuKernels> KernelBackend for G {
         m: usize,
         shape: &AttnShape,
     ) -> Result<()> {
-        let (gpu, scratch) = self.gpu_and_scratch(shape)?;
-        gpu.attention_f16(q, k_cache, v_cache, pos, scratch, out, m, shape)
+        let scratch = scratch_for(&self.gpu, &mut self.scratch, shape)?;
+        self.gpu
+            .attention_f16(q, k_cache, v_cache, pos, scratch, out, m, shape)
     }
+}
 
-    fn poison_attention_scratch(&mut self) -> Result<()> {
-        match self.gpu_and_existing_scratch() {
-            (gpu, Some(s)) => poison_scratch(gpu, s),
-            (_, None) => Ok(()),
-        }
+/// The scratch in `slot` if it fits `shape`, else a new one put there.
+fn scratch_for<'a>(
+    gpu: &GpuContext,
+    slot: &'a mut Option<AttnScratch>,
+    shape: &AttnShape,
+) -> Result<&'a mut AttnScratch> {
+    if slot.as_ref().is_none_or(|s| s.shape() != shape) {
+        *slot = Some(AttnScratch::new(gpu, shape, MAX_ROWS)?);
     }
-
-    fn argmax(
-        &mut self,
-        logits: &CudaSlice<f32>,
-        out: &mut CudaSlice<u32>,
-        m: usize,
-        vocab: usize,
-    ) -> Result<()> {
-        self.gpu().argmax_f32(logits, out, m, vocab)
-    }
-
-    fn softmax(
-        &mut self,
-        logits: &CudaSlice<f32>,
-        probs: &mut CudaSlice<f32>,
-        m: usize,
-        vocab: usize,
-        temperature: f32,
-    ) -> Result<()> {
-        self.gpu().softmax_f32(logits, probs, m, vocab, temperature)
-    }
+    Ok(slot.as_mut().expect("scratch was just set"))
 }

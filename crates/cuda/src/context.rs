@@ -2,7 +2,7 @@
 //! (once per process and target) and loaded, plus small buffer helpers.
 //!
 //! cudarc panics when `libcuda` or `libnvrtc` is missing, so [`GpuContext::new`] checks for
-//! both first and returns an error ("no CUDA driver found; use --device cpu") instead.
+//! both first and returns an error ("no CUDA driver found") instead.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -18,9 +18,9 @@ use crate::kernels::KERNEL_SOURCES;
 use crate::nvrtc::{self, Compiled, KernelResources};
 
 /// Message of the error returned when the CUDA driver library is missing.
-pub const NO_DRIVER: &str = "no CUDA driver found; use --device cpu";
+pub const NO_DRIVER: &str = "no CUDA driver found";
 /// Message of the error returned when the driver sees no device.
-pub const NO_DEVICE: &str = "no CUDA device found; use --device cpu";
+pub const NO_DEVICE: &str = "no CUDA device found";
 
 /// Whether the CUDA driver library (`libcuda.so`) can be loaded (never panics).
 pub fn driver_available() -> bool {
@@ -129,7 +129,7 @@ impl GpuContext {
             bail!("CUDA device {ordinal} requested but only {count} found");
         }
         if !nvrtc::nvrtc_available() {
-            bail!("{}; use --device cpu", nvrtc::NO_NVRTC);
+            bail!(nvrtc::NO_NVRTC);
         }
         let driver_version = driver_version()?;
         let nvrtc_version = nvrtc::nvrtc_version()?;
@@ -221,6 +221,17 @@ impl GpuContext {
             .iter()
             .flat_map(|c| c.resources.iter().cloned())
             .collect()
+    }
+
+    /// Device name, CUDA driver version (`major.minor`, e.g. `12.8`) and device memory in
+    /// bytes (0 if the driver does not say), for reports naming the machine a run used.
+    pub fn device_info(&self) -> (String, String, usize) {
+        let driver = format!(
+            "{}.{}",
+            self.driver_version / 1000,
+            self.driver_version % 1000 / 10
+        );
+        (self.name.clone(), driver, self.ctx.total_mem().unwrap_or(0))
     }
 
     /// One-line description: device, capability, target, driver and NVRTC versions.

@@ -1,6 +1,8 @@
 //! spedec-cuda: the CUDA backend's foundation. A cudarc context created only when a driver
 //! is present, NVRTC compilation of `kernels/*.cu` (no CUDA toolkit needed), typed launchers
-//! with shape checks, a CPU reference beside every kernel, and a GPU self-check.
+//! with shape checks, and the one device backend the model runs on (with its CUDA graphs).
+//! The kernels' CPU references, their host emulation and the GPU self-check live apart, in
+//! `spedec-check`.
 //!
 //! Conventions (every kernel):
 //! - f16 weights and activations, f32 accumulation, f32 residual stream and logits;
@@ -11,24 +13,22 @@
 //! - batch invariance: a row's result never depends on how many rows (M <= 16) were
 //!   computed with it.
 //!
-//! Modules: [`backend`] (kernels behind a trait, for the checks), [`nvrtc`] (compile, resource report), [`kernels`] (embedded sources),
+//! Modules: [`nvrtc`] (compile, resource report), [`kernels`] (embedded sources),
 //! [`context`] (device, stream, loaded kernels, buffers), [`ops`] (launchers), [`kv`]
-//! (cache layout), [`reference`](mod@reference) (CPU references), [`check`] (GPU vs CPU self-check).
+//! (cache layout), [`backend`] (the kernels behind one trait; [`GpuBackend`], the device
+//! implementation), [`graphs`] (a step's launches recorded and replayed).
 
 pub mod backend;
-pub mod check;
 pub mod context;
+pub mod graphs;
 pub mod kernels;
 pub mod kv;
 pub mod nvrtc;
 pub mod ops;
-pub mod reference;
 
-pub use backend::{GpuBackend, KernelBackend};
-pub use check::{
-    format_table, run_checks, run_checks_on, CheckOptions, CheckResult, PYTHIA_2_8B, PYTHIA_70M,
-};
+pub use backend::{Elem, GpuBackend, KernelBackend, LinDest, SecondLn, MAX_ROWS};
 pub use context::{driver_available, gpu_available, GpuContext, NO_DEVICE, NO_DRIVER};
+pub use graphs::GraphStats;
 pub use kv::{GpuKvCache, KvLayout};
 pub use nvrtc::{compile_all, compile_source, nvrtc_available, Compiled, KernelResources};
 pub use ops::{AttnScratch, AttnShape, LayerNormOut, LinearOut};

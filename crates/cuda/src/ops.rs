@@ -131,7 +131,7 @@ impl AttnScratch {
     }
 
     /// The two partial buffers (o, ml), e.g. to poison them in checks.
-    pub(crate) fn buffers_mut(&mut self) -> (&mut CudaSlice<f32>, &mut CudaSlice<f32>) {
+    pub fn buffers_mut(&mut self) -> (&mut CudaSlice<f32>, &mut CudaSlice<f32>) {
         (&mut self.o_part, &mut self.ml_part)
     }
 }

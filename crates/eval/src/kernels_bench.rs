@@ -10,48 +10,12 @@ use std::time::Instant;
 
 use anyhow::Result;
 use rayon::prelude::*;
-use serde::Serialize;
 use spedec_neox::cpu::matmul::linear;
 use spedec_neox::cpu::packed::{HugeBuffer, PackedLayer, PackedMatrix};
 use spedec_neox::{CpuModel, Isa, ModelFiles};
-
-use crate::bench::Summary;
-
-/// One timed item.
-#[derive(Debug, Clone, Serialize)]
-pub struct Timed {
-    pub name: String,
-    /// Milliseconds per call.
-    pub ms: Summary,
-    /// Weight bytes read per call (0 where not meaningful).
-    pub bytes: usize,
-    /// Achieved GB/s at the median time.
-    pub gb_s: Option<f64>,
-}
-
-/// Whole report.
-#[derive(Debug, Clone, Serialize)]
-pub struct KernelReport {
-    pub model: String,
-    /// Stored weight dtype.
-    pub dtype: String,
-    pub isa: String,
-    pub threads: usize,
-    pub read_bandwidth_gb_s: Summary,
-    pub bytes_per_token: usize,
-    /// bytes_per_token / median bandwidth, in ms.
-    pub floor_ms: f64,
-    pub ops: Vec<Timed>,
-    pub decode: Timed,
-    pub verify5: Timed,
-    pub prefill128: Timed,
-    /// Median over rounds of decode / floor (floor from the same round's probe).
-    pub decode_vs_floor: f64,
-    /// Median over rounds of verify(5) / decode.
-    pub verify5_vs_decode: f64,
-    pub prefill_tok_s: f64,
-    pub decode_tok_s: f64,
-}
+pub use spedec_report::kernels::{KernelReport, Timed};
+use spedec_report::{Machine, Summary};
+use spedec_speculative::Lm;
 
 fn time_it(warmup: usize, repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<Summary> {
     for _ in 0..warmup {
@@ -64,16 +28,6 @@ fn time_it(warmup: usize, repeats: usize, mut f: impl FnMut() -> Result<()>) -> 
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     Ok(Summary::of(&ms).expect("at least one repeat"))
-}
-
-fn timed(name: &str, ms: Summary, bytes: usize) -> Timed {
-    let gb_s = (bytes > 0).then(|| bytes as f64 / (ms.median * 1e-3) / 1e9);
-    Timed {
-        name: name.to_string(),
-        ms,
-        bytes,
-        gb_s,
-    }
 }
 
 /// A read-bandwidth probe: every thread folds its share of a buffer far larger than the
@@ -142,7 +96,7 @@ fn xor_streams(x: &[u8]) -> u64 {
     acc.iter().fold(0, |a, b| a ^ b)
 }
 
-/// Runs the whole kernel benchmark on `spec`.
+/// Runs the whole kernel benchmark on `spec`; `machine` (this host's CPU) goes into the report.
 ///
 /// The bandwidth probe, the decode step and the verify step are timed in interleaved rounds
 /// (probe, decode, verify, probe, …) so that a shared machine's drifting bandwidth affects all
@@ -151,6 +105,7 @@ pub fn run(
     spec: &str,
     warmup: usize,
     repeats: usize,
+    machine: Machine,
     mut log: impl FnMut(&str),
 ) -> Result<KernelReport> {
     log(&format!("loading {spec}"));
@@ -239,9 +194,10 @@ pub fn run(
         verify5_vs_decode: Summary::of(&vs_dec).expect("repeats >= 1").median,
         prefill_tok_s: 128.0 / (prefill.median * 1e-3),
         decode_tok_s: 1e3 / decode.median,
-        decode: timed("decode step (1 token)", decode, bytes_per_token),
-        verify5: timed("verify (5 tokens)", verify, bytes_per_token),
-        prefill128: timed("prefill (128 tokens)", prefill, 0),
+        decode: Timed::new("decode step (1 token)", decode, bytes_per_token),
+        verify5: Timed::new("verify (5 tokens)", verify, bytes_per_token),
+        prefill128: Timed::new("prefill (128 tokens)", prefill, 0),
+        machine,
     })
 }
 
@@ -263,20 +219,15 @@ fn time_op(
         }
         Ok(())
     })?;
-    let per_call = |v: f64| v / mats.len() as f64;
-    let ms = Summary {
-        median: per_call(ms.median),
-        min: per_call(ms.min),
-        max: per_call(ms.max),
-        n: ms.n,
-    };
+    let ms = ms.scaled(1.0 / mats.len() as f64);
     // Bytes as stored (what the floor counts), not the padded panels.
     let bytes = n * k * mats[0].dtype().size();
-    Ok(timed(name, ms, bytes))
+    Ok(Timed::new(name, ms, bytes))
 }
 
 /// A markdown table of the report.
-pub fn markdown(r: &KernelReport, machine: &str) -> String {
+pub fn markdown(r: &KernelReport) -> String {
+    let machine = &r.machine.description;
     let mut out = format!(
         "{} ({} weights) on {machine}, kernels {}, {} threads; median (min–max) of repeats after \
          warm-up. Matmul rows: M = 1, time per call while cycling through every layer's matrix. \

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod generate;
+#[cfg(feature = "cuda")]
 pub mod gpu_check;
 pub mod kernels_bench;
 pub mod models;

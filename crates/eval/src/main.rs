@@ -9,8 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use spedec_eval::bench::{markdown, run_bench, BenchOptions, DEFAULT_PROMPTS};
 use spedec_eval::generate::generate;
 use spedec_eval::models::{check_draft, load_model_on, Device};
-use spedec_eval::ppl::{perplexity, Method, Windows};
-use spedec_neox::source::write_atomic;
+use spedec_eval::ppl::{perplexity, Method, PplReport, Windows};
+use spedec_report::{write_atomic, Machine};
 use spedec_sampling::Sampler;
 use spedec_speculative::GenConfig;
 
@@ -36,6 +36,7 @@ enum Command {
     /// CPU kernel timings against the memory-bandwidth floor (decode, verify, prefill, per op).
     BenchKernels(BenchKernelsArgs),
     /// Check and time the CUDA backend on a GPU machine (`skipped: no CUDA device` without one).
+    #[cfg(feature = "cuda")]
     GpuCheck(spedec_eval::gpu_check::GpuCheckArgs),
 }
 
@@ -94,7 +95,7 @@ struct BenchArgs {
     #[arg(long)]
     context: Option<usize>,
     /// Where to run: cuda, cpu, or auto (cuda when a GPU is usable, else cpu).
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    #[arg(long, value_parser = one_of::<Device>(Device::NAMES), default_value_t = Device::Auto)]
     device: Device,
     /// Write the full report as JSON to this file.
     #[arg(long)]
@@ -120,13 +121,13 @@ struct PplArgs {
     #[arg(long)]
     context: Option<usize>,
     /// Where to run: cuda, cpu, or auto (cuda when a GPU is usable, else cpu).
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    #[arg(long, value_parser = one_of::<Device>(Device::NAMES), default_value_t = Device::Auto)]
     device: Device,
     /// Window step for --method strided [default: context / 2].
     #[arg(long)]
     stride: Option<usize>,
     /// strided: HF's sliding window; chunked: non-overlapping windows.
-    #[arg(long, value_enum, default_value_t = Method::Strided)]
+    #[arg(long, value_parser = one_of::<Method>(Method::NAMES), default_value_t = Method::Strided)]
     method: Method,
     /// Score only the first N tokens of the text.
     #[arg(long)]
@@ -178,20 +179,24 @@ struct GenerateArgs {
     #[arg(long)]
     context: Option<usize>,
     /// Where to run: cuda, cpu, or auto (cuda when a GPU is usable, else cpu).
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    #[arg(long, value_parser = one_of::<Device>(Device::NAMES), default_value_t = Device::Auto)]
     device: Device,
     /// Print one JSON line per sample on stdout.
     #[arg(long)]
     json: bool,
 }
 
+mod logger;
+
 fn main() {
+    logger::init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ppl(args) => run_ppl(args),
         Command::Generate(args) => run_generate(args),
         Command::Bench(args) => run_bench_cmd(args),
         Command::BenchKernels(args) => run_bench_kernels(args),
+        #[cfg(feature = "cuda")]
         Command::GpuCheck(args) => spedec_eval::gpu_check::run(args),
     };
     if let Err(err) = result {
@@ -222,7 +227,8 @@ fn run_ppl(args: PplArgs) -> Result<()> {
         .context
         .unwrap_or(target.lm.max_len())
         .min(ids.len().max(2));
-    let windows = Windows::new(args.method, context, args.stride)?;
+    let windows =
+        Windows::new(args.method, context, args.stride).context("bad --context / --stride")?;
     eprintln!(
         "scoring {} tokens of {} with {} ({:?}, context {}, stride {})",
         ids.len(),
@@ -245,11 +251,14 @@ fn run_ppl(args: PplArgs) -> Result<()> {
     )?;
     bar.finish_and_clear();
     if args.json {
-        let mut value = serde_json::to_value(&report)?;
-        value["model"] = target.name.clone().into();
-        value["draft"] = draft.as_ref().map(|d| d.name.clone()).into();
-        value["text"] = args.text.display().to_string().into();
-        println!("{}", serde_json::to_string(&value)?);
+        let report = PplReport {
+            scores: report.clone(),
+            model: target.name.clone(),
+            draft: draft.as_ref().map(|d| d.name.clone()),
+            text: args.text.display().to_string(),
+            machine: target.machine.clone(),
+        };
+        println!("{}", serde_json::to_string(&report)?);
     } else {
         println!("tokens scored: {}", report.tokens);
         println!("ppl:        {:.6}", report.ppl);
@@ -362,23 +371,22 @@ fn run_bench_cmd(args: BenchArgs) -> Result<()> {
         warmup: args.warmup,
         prompts,
         prompt_texts,
+        target_name: target.name.clone(),
+        draft_name: draft.name.clone(),
+        machine: target.machine.clone(),
     };
     let bar = ProgressBar::new_spinner();
     let report = run_bench(target.lm.as_mut(), draft.lm.as_mut(), &opts, |msg| {
         bar.set_message(msg.to_string())
     })?;
     bar.finish_and_clear();
-    let table = markdown(&report, &target.name, &draft.name, &machine_description());
+    let table = markdown(&report);
     println!("{table}");
     if let Some(path) = &args.markdown {
         write_atomic(path, table.as_bytes())?;
     }
     if let Some(path) = &args.json {
-        let mut value = serde_json::to_value(&report)?;
-        value["target"] = target.name.clone().into();
-        value["draft"] = draft.name.clone().into();
-        value["machine"] = machine_description().into();
-        write_atomic(path, serde_json::to_string_pretty(&value)?.as_bytes())?;
+        write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     Ok(())
 }
@@ -387,37 +395,27 @@ fn run_bench_kernels(args: BenchKernelsArgs) -> Result<()> {
     if args.repeats == 0 {
         anyhow::bail!("--repeats must be at least 1");
     }
-    let report = spedec_eval::kernels_bench::run(&args.model, args.warmup, args.repeats, |m| {
-        eprintln!("{m}")
-    })?;
-    println!(
-        "{}",
-        spedec_eval::kernels_bench::markdown(&report, &machine_description())
-    );
+    let machine = Machine::host();
+    let report =
+        spedec_eval::kernels_bench::run(&args.model, args.warmup, args.repeats, machine, |m| {
+            eprintln!("{m}")
+        })?;
+    println!("{}", spedec_eval::kernels_bench::markdown(&report));
     if let Some(path) = &args.json {
-        let mut value = serde_json::to_value(&report)?;
-        value["machine"] = machine_description().into();
-        write_atomic(path, serde_json::to_string_pretty(&value)?.as_bytes())?;
+        write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     Ok(())
 }
 
-/// "CPU model name, N threads" from /proc/cpuinfo (or the architecture elsewhere).
-fn machine_description() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    format!("{cpu}, {} threads (CPU)", rayon_threads())
-}
-
-fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+/// A clap parser accepting exactly `names`, each parsed with `T`'s `FromStr`.
+fn one_of<T>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Debug,
+{
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(names.iter().copied())
+        .map(|s| s.parse::<T>().expect("one of the listed names"))
 }
 
 fn progress_bar(unit: &str) -> ProgressBar {

@@ -1,48 +1,27 @@
 //! Opening models for the CLI: a model folder or `synthetic:…` spec becomes a boxed [`Lm`].
 
 use anyhow::{bail, Result};
-use serde::Serialize;
-use spedec_neox::cuda_model::shared_gpu;
-use spedec_neox::{Config, CpuModel, CudaModel, CudaOptions, Isa, ModelFiles, Tokenizer};
+use spedec_neox::{Config, CpuModel, Isa, ModelFiles, Tokenizer};
+use spedec_report::Machine;
 use spedec_speculative::Lm;
 
-/// Where a model runs (`--device`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    /// CUDA when a GPU is usable (driver, device and NVRTC), else the CPU.
-    #[default]
-    Auto,
-    /// The CPU forward (f32 activations).
-    Cpu,
-    /// The CUDA forward (f16 weights and activations); an error without a GPU.
-    Cuda,
-}
+pub use spedec_report::Device;
 
-impl Device {
-    /// `Auto` becomes `Cuda` when a CUDA device is usable here, else `Cpu`; the others stay.
-    pub fn resolve(self) -> Device {
-        match self {
-            Device::Auto if spedec_cuda::gpu_available() => Device::Cuda,
-            Device::Auto => Device::Cpu,
-            d => d,
-        }
-    }
-
-    /// `auto`, `cpu` or `cuda`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Device::Auto => "auto",
-            Device::Cpu => "cpu",
-            Device::Cuda => "cuda",
-        }
+/// `Auto` becomes `Cuda` when a CUDA device is usable here, else `Cpu`; the others stay.
+pub fn resolve(device: Device) -> Device {
+    match device {
+        Device::Auto if cuda_usable() => Device::Cuda,
+        Device::Auto => Device::Cpu,
+        d => d,
     }
 }
 
-impl std::fmt::Display for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
+/// Whether this build has the CUDA backend and a usable GPU (driver, device, NVRTC).
+fn cuda_usable() -> bool {
+    #[cfg(feature = "cuda")]
+    return spedec_cuda::gpu_available();
+    #[cfg(not(feature = "cuda"))]
+    false
 }
 
 /// A model ready to run, with what the CLI needs to know about it.
@@ -56,6 +35,8 @@ pub struct LoadedModel {
     pub lm: Box<dyn Lm>,
     /// Where it runs (`Cpu` or `Cuda`, never `Auto`).
     pub device: Device,
+    /// The machine it runs on: the host CPU, and for `Cuda` the GPU.
+    pub machine: Machine,
 }
 
 /// Opens `spec` on the CPU with a KV cache of `context` positions (default: the model's max
@@ -67,27 +48,10 @@ pub fn load_model(spec: &str, context: Option<usize>) -> Result<LoadedModel> {
 /// Opens `spec` on `device` with a KV cache of `context` positions (default: the model's max
 /// positions). On CUDA the weights are uploaded as f16 (bf16 / f32 checkpoints are rounded)
 /// and the host copy is dropped; `--device cuda` without a driver is the error
-/// "no CUDA driver found; use --device cpu".
+/// "no CUDA driver found (use --device cpu)".
 pub fn load_model_on(spec: &str, context: Option<usize>, device: Device) -> Result<LoadedModel> {
-    match device.resolve() {
-        Device::Cuda => {
-            // The device first: no point reading gigabytes of weights without one.
-            let gpu = shared_gpu()?;
-            let files = ModelFiles::open(spec)?;
-            let options = CudaOptions {
-                capacity: context,
-                ..CudaOptions::default()
-            };
-            let model = CudaModel::new(gpu, &files.config, &files.weights, &options)?;
-            Ok(LoadedModel {
-                name: files.name,
-                config: files.config,
-                tokenizer: files.tokenizer,
-                bytes_per_token: model.bytes_per_token(),
-                lm: Box::new(model),
-                device: Device::Cuda,
-            })
-        }
+    match resolve(device) {
+        Device::Cuda => load_cuda(spec, context),
         _ => {
             let files = ModelFiles::open(spec)?;
             let bytes_per_token = files.weights.bytes_per_token();
@@ -99,9 +63,54 @@ pub fn load_model_on(spec: &str, context: Option<usize>, device: Device) -> Resu
                 bytes_per_token,
                 lm: Box::new(model),
                 device: Device::Cpu,
+                machine: Machine::host(),
             })
         }
     }
+}
+
+/// The CUDA half of [`load_model_on`].
+#[cfg(feature = "cuda")]
+fn load_cuda(spec: &str, context: Option<usize>) -> Result<LoadedModel> {
+    use spedec_neox::cuda_model::shared_gpu;
+    use spedec_neox::{CudaModel, CudaOptions};
+    use spedec_report::Gpu;
+
+    // The device first: no point reading gigabytes of weights without one.
+    let gpu = shared_gpu().map_err(cpu_advice)?;
+    let (name, driver, memory_bytes) = gpu.device_info();
+    let machine = Machine::cuda(Gpu {
+        name,
+        driver,
+        memory_bytes: memory_bytes as u64,
+    });
+    let files = ModelFiles::open(spec)?;
+    let options = CudaOptions {
+        capacity: context,
+        ..CudaOptions::default()
+    };
+    let model = CudaModel::new(gpu, &files.config, &files.weights, &options).map_err(cpu_advice)?;
+    Ok(LoadedModel {
+        name: files.name,
+        config: files.config,
+        tokenizer: files.tokenizer,
+        bytes_per_token: model.bytes_per_token(),
+        lm: Box::new(model),
+        device: Device::Cuda,
+        machine,
+    })
+}
+
+/// Without the `cuda` feature there is no CUDA backend to load onto.
+#[cfg(not(feature = "cuda"))]
+fn load_cuda(_spec: &str, _context: Option<usize>) -> Result<LoadedModel> {
+    bail!("this spedec was built without CUDA (cargo feature `cuda`); use --device cpu")
+}
+
+/// A failure to set up the CUDA device or model, with the CLI's way around it.
+#[cfg(feature = "cuda")]
+fn cpu_advice(err: anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!("{err:#} (use --device cpu)")
 }
 
 /// Refuses a draft that cannot propose tokens for `target`: a different vocabulary size or a

@@ -2,6 +2,8 @@
 //! `skipped: no CUDA device` and succeeds, `--device cuda` is a one-line error, and the check
 //! harness itself runs end to end on the CPU model (`--device cpu`), writing its JSON files.
 
+#![cfg(feature = "cuda")]
+
 use std::io::Write;
 use std::process::{Command, Output};
 
@@ -57,7 +59,7 @@ fn device_cuda_without_a_driver_is_a_clear_error() {
     let err = text(&out.stderr);
     assert!(
         err.trim_end()
-            .ends_with("error: no CUDA driver found; use --device cpu"),
+            .ends_with("error: no CUDA driver found (use --device cpu)"),
         "{err}"
     );
     // And auto falls back to the CPU.

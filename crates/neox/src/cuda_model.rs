@@ -10,26 +10,25 @@
 //!   (the kernels' limit; exact, since every kernel is batch invariant), copying each step's
 //!   f32 logits to the host. No step allocates device memory; token ids and positions are
 //!   written into device arrays, and each step's launches are replayed from a CUDA graph
-//!   per row count ([`device`] explains the design; `SPEDEC_CUDA_GRAPHS=0` turns graphs
-//!   off).
+//!   per row count (`spedec_cuda::graphs` explains the design; `SPEDEC_CUDA_GRAPHS=0`
+//!   turns graphs off).
 //!
 //! Modules: [`engine`] (the forward over any kernel backend, step by step like the CPU
-//! model), [`device`] (the GPU backend and its graphs).
+//! model); the device backend itself is [`spedec_cuda::GpuBackend`].
 
-pub mod device;
 pub mod engine;
 
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Result};
-use spedec_cuda::GpuContext;
+use spedec_cuda::{GpuBackend, GpuContext};
+use spedec_lm::{Lm, Logits};
 
 use crate::config::Config;
-use crate::logits::Logits;
 use crate::weights::Weights;
 
-pub use device::{CudaOps, GraphStats};
-pub use engine::{Engine, ForwardBackend, MAX_ROWS};
+pub use engine::{Engine, MAX_ROWS};
+pub use spedec_cuda::GraphStats;
 
 /// Environment variable that turns CUDA graphs off when set to `0` (or `false` / `off`).
 pub const GRAPHS_ENV: &str = "SPEDEC_CUDA_GRAPHS";
@@ -84,7 +83,7 @@ impl Default for CudaOptions {
 
 /// A GPT-NeoX model on a GPU holding its own KV cache.
 pub struct CudaModel {
-    engine: Engine<CudaOps>,
+    engine: Engine<GpuBackend>,
 }
 
 impl CudaModel {
@@ -95,8 +94,8 @@ impl CudaModel {
         weights: &Weights,
         options: &CudaOptions,
     ) -> Result<Self> {
-        let ops = CudaOps::new(gpu, options.graphs);
-        let engine = Engine::new(ops, config, weights, options.capacity)?;
+        let backend = GpuBackend::new(gpu, options.graphs);
+        let engine = Engine::new(backend, config, weights, options.capacity)?;
         Ok(CudaModel { engine })
     }
 
@@ -119,16 +118,6 @@ impl CudaModel {
         self.engine.backend().gpu()
     }
 
-    /// Number of cached positions.
-    pub fn len(&self) -> usize {
-        self.engine.len()
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.engine.is_empty()
-    }
-
     /// Positions the cache holds.
     pub fn capacity(&self) -> usize {
         self.engine.capacity()
@@ -139,16 +128,6 @@ impl CudaModel {
         self.engine.bytes_per_token()
     }
 
-    /// Keeps the first `len` cached positions.
-    pub fn truncate(&mut self, len: usize) -> Result<()> {
-        self.engine.truncate(len)
-    }
-
-    /// Appends `tokens` after the cached ones; returns logits `[tokens.len(), vocab]`.
-    pub fn forward(&mut self, tokens: &[u32]) -> Result<Logits> {
-        self.engine.forward(tokens)
-    }
-
     /// Graph counters.
     pub fn graph_stats(&self) -> GraphStats {
         self.engine.backend().graph_stats().clone()
@@ -157,5 +136,23 @@ impl CudaModel {
     /// Turn CUDA graphs on or off (recorded graphs are dropped either way).
     pub fn set_graphs(&mut self, enabled: bool) {
         self.engine.backend_mut().set_graphs(enabled);
+    }
+}
+
+impl Lm for CudaModel {
+    fn vocab_size(&self) -> usize {
+        self.engine.config().vocab_size
+    }
+    fn max_len(&self) -> usize {
+        self.engine.capacity()
+    }
+    fn len(&self) -> usize {
+        self.engine.len()
+    }
+    fn forward(&mut self, tokens: &[u32]) -> Result<Logits> {
+        self.engine.forward(tokens)
+    }
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        self.engine.truncate(len)
     }
 }

@@ -1,9 +1,11 @@
-//! spedec-neox: the GPT-NeoX (Pythia) model — config, weights, tokenizer, KV cache, CPU forward.
+//! spedec-neox: the GPT-NeoX (Pythia) model — config, weights, tokenizer, KV cache, the CPU
+//! forward, and (feature `cuda`, on by default) the CUDA forward. Both models implement
+//! [`Lm`], the engine's one model interface (from `spedec-lm`, re-exported here).
 
 pub mod config;
 pub mod cpu;
+#[cfg(feature = "cuda")]
 pub mod cuda_model;
-mod logits;
 pub mod model;
 pub mod source;
 pub mod synthetic;
@@ -12,9 +14,10 @@ pub mod weights;
 
 pub use config::Config;
 pub use cpu::Isa;
+#[cfg(feature = "cuda")]
 pub use cuda_model::{CudaModel, CudaOptions};
-pub use logits::Logits;
 pub use model::CpuModel;
 pub use source::ModelFiles;
+pub use spedec_lm::{KvCursor, Lm, Logits};
 pub use tokenizer::Tokenizer;
 pub use weights::{Dtype, Weights};

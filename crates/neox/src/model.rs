@@ -4,14 +4,14 @@
 //! then per layer LayerNorm → fused QKV → rotary → cache write → causal attention → dense,
 //! and the MLP (parallel or sequential residual), then the final LayerNorm and `embed_out`.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use spedec_lm::{KvCursor, Lm, Logits};
 
 use crate::config::Config;
 use crate::cpu::matmul::{linear, linear_then, Epilogue};
 use crate::cpu::ops::{attention, layer_norm, Rope};
 use crate::cpu::packed::PackedWeights;
 use crate::cpu::Isa;
-use crate::logits::Logits;
 use crate::weights::Weights;
 
 /// Keys and values of every layer, allocated once for `capacity` positions.
@@ -22,21 +22,19 @@ pub struct KvCache {
     values: Vec<f32>,
     /// Elements per layer: `heads · capacity · head_dim`.
     layer_stride: usize,
-    capacity: usize,
-    /// Positions `0..len` hold valid entries.
-    len: usize,
+    /// Cached length and capacity.
+    cursor: KvCursor,
 }
 
 impl KvCache {
-    fn new(config: &Config, capacity: usize) -> Self {
-        let layer_stride = config.num_heads * capacity * config.head_dim();
+    fn new(config: &Config, cursor: KvCursor) -> Self {
+        let layer_stride = config.num_heads * cursor.capacity() * config.head_dim();
         let total = config.num_layers * layer_stride;
         KvCache {
             keys: vec![0.0; total],
             values: vec![0.0; total],
             layer_stride,
-            capacity,
-            len: 0,
+            cursor,
         }
     }
 
@@ -63,15 +61,9 @@ impl CpuModel {
         capacity: Option<usize>,
         isa: Isa,
     ) -> Result<Self> {
-        let max = config.max_position_embeddings;
-        let capacity = capacity.unwrap_or(max);
-        if capacity == 0 || capacity > max {
-            bail!(
-                "context length {capacity} must be between 1 and the model's max positions {max}"
-            );
-        }
-        let rope = Rope::new(config.rotary_dims(), config.rotary_base, capacity);
-        let cache = KvCache::new(&config, capacity);
+        let cursor = KvCursor::new(capacity, config.max_position_embeddings)?;
+        let rope = Rope::new(config.rotary_dims(), config.rotary_base, cursor.capacity());
+        let cache = KvCache::new(&config, cursor);
         let weights = PackedWeights::pack(weights)?;
         Ok(CpuModel {
             config,
@@ -93,39 +85,9 @@ impl CpuModel {
     pub fn isa(&self) -> Isa {
         self.isa
     }
-    /// Number of cached positions.
-    pub fn len(&self) -> usize {
-        self.cache.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.cache.len == 0
-    }
     /// Positions the cache can hold.
     pub fn capacity(&self) -> usize {
-        self.cache.capacity
-    }
-
-    /// Keeps the first `len` cached positions.
-    pub fn truncate(&mut self, len: usize) -> Result<()> {
-        if len > self.cache.len {
-            bail!(
-                "cannot truncate the cache to {len} tokens: it holds only {}",
-                self.cache.len
-            );
-        }
-        self.cache.len = len;
-        Ok(())
-    }
-
-    /// Appends `tokens` after the cached ones; returns logits `[tokens.len(), vocab]`.
-    pub fn forward(&mut self, tokens: &[u32]) -> Result<Logits> {
-        self.forward_rows(tokens, false)
-    }
-
-    /// Appends `tokens` like [`forward`](Self::forward) but returns only the last position's
-    /// logits `[1, vocab]` — a prompt's prefill skips the unembedding of every other row.
-    pub fn forward_last(&mut self, tokens: &[u32]) -> Result<Logits> {
-        self.forward_rows(tokens, true)
+        self.cache.cursor.capacity()
     }
 
     fn forward_rows(&mut self, tokens: &[u32], last_only: bool) -> Result<Logits> {
@@ -140,25 +102,8 @@ impl CpuModel {
         let c = &self.config;
         let (d, heads, hd) = (c.hidden_size, c.num_heads, c.head_dim());
         let m = tokens.len();
-        let start = self.cache.len;
-        if m == 0 {
-            bail!("forward needs at least one token");
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            bail!(
-                "token id {bad} is out of range: the model's vocabulary has {} ids",
-                c.vocab_size
-            );
-        }
-        if start + m > self.cache.capacity {
-            bail!(
-                "context too long: {} cached + {m} new tokens exceed the context length {} \
-                 (model max positions {})",
-                start,
-                self.cache.capacity,
-                c.max_position_embeddings
-            );
-        }
+        let start = self.cache.cursor.check_append(tokens, c.vocab_size)?;
+        let capacity = self.cache.cursor.capacity();
         let eps = c.layer_norm_eps as f32;
         let isa = self.isa;
         let w = &self.weights;
@@ -197,7 +142,7 @@ impl CpuModel {
                     self.rope.apply(qh, pos);
                     self.rope.apply(kh, pos);
                     q[(i * heads + hh) * hd..][..hd].copy_from_slice(qh);
-                    let at = base + (hh * cache.capacity + pos) * hd;
+                    let at = base + (hh * capacity + pos) * hd;
                     cache.keys[at..at + hd].copy_from_slice(kh);
                     cache.values[at..at + hd].copy_from_slice(vh);
                 }
@@ -211,7 +156,7 @@ impl CpuModel {
                 layer_values,
                 heads,
                 hd,
-                cache.capacity,
+                capacity,
                 start,
                 &mut attn,
             );
@@ -241,7 +186,7 @@ impl CpuModel {
                 }
             }
         }
-        self.cache.len = start + m;
+        self.cache.cursor.advance(m);
 
         // Rows whose logits are wanted: all, or only the last.
         let (x, rows) = if last_only {
@@ -277,5 +222,29 @@ impl CpuModel {
             Some(&lw.dense_4h_to_h.bias),
             out,
         );
+    }
+}
+
+impl Lm for CpuModel {
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+    fn max_len(&self) -> usize {
+        self.capacity()
+    }
+    fn len(&self) -> usize {
+        self.cache.cursor.len()
+    }
+    /// Appends `tokens` after the cached ones; returns logits `[tokens.len(), vocab]`.
+    fn forward(&mut self, tokens: &[u32]) -> Result<Logits> {
+        self.forward_rows(tokens, false)
+    }
+    /// Appends `tokens` like [`forward`](Lm::forward) but returns only the last position's
+    /// logits `[1, vocab]`: a prompt's prefill skips the unembedding of every other row.
+    fn forward_last(&mut self, tokens: &[u32]) -> Result<Logits> {
+        self.forward_rows(tokens, true)
+    }
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        self.cache.cursor.truncate(len)
     }
 }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+pub use spedec_report::write_atomic;
+
 use crate::config::Config;
 use crate::synthetic::{synthetic_weights, SyntheticSpec};
 use crate::tokenizer::Tokenizer;
@@ -116,14 +118,4 @@ impl ModelFiles {
             .map_err(|e| anyhow::anyhow!("cannot serialize weights: {e}"))?;
         write_atomic(&dir.join("model.safetensors"), &data)
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))
 }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use spedec_neox::{Config, CpuModel, Isa, ModelFiles, Tokenizer, Weights};
+use spedec_neox::{Config, CpuModel, Isa, Lm, ModelFiles, Tokenizer, Weights};
 
 fn golden_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

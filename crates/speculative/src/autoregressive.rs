@@ -8,10 +8,10 @@ use spedec_sampling::Rng;
 
 use crate::config::{GenConfig, Generation, StopReason, EOS_TOKEN};
 use crate::decide::Decisions;
-use crate::lm::Lm;
 use crate::run::{check_prompt, forward, forward_last, truncate};
 use crate::stats::{Bucket, Mode, Recorder};
 use crate::verify::choose;
+use spedec_lm::Lm;
 
 /// Generates up to `cfg.max_new_tokens` tokens after `prompt` with `model` alone
 /// (`cfg.gamma` is ignored). Random sampling uses `Rng::new(cfg.seed)`.

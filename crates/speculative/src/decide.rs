@@ -25,7 +25,10 @@ impl Decisions for Rng {
     }
 }
 
-/// Deliberate bugs, for showing that the distribution tests detect them. Never use outside tests.
+/// Deliberate bugs, for showing that the distribution tests detect them. Public (as
+/// `testing::Fault`) only with the test-only feature `fault-injection`; without it the
+/// generators always run with [`Fault::None`].
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Fault {
     /// The correct algorithm.

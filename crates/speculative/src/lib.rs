@@ -1,6 +1,7 @@
 //! spedec-speculative: the model interface, autoregressive and speculative generators, stats.
 //!
-//! - [`Lm`]: a causal LM owning its KV cache (`forward` appends, `truncate` rolls back).
+//! - [`Lm`] (re-exported from `spedec-lm`): a causal LM owning its KV cache (`forward`
+//!   appends, `truncate` rolls back); the models of `spedec-neox` implement it.
 //! - [`generate_autoregressive`]: the baseline, one target call per token.
 //! - [`generate_speculative`]: γ draft tokens from the draft model, one target call to verify
 //!   them, lossless rejection sampling (Leviathan et al. 2023; Chen et al. 2023).
@@ -9,10 +10,7 @@
 
 mod autoregressive;
 mod config;
-mod cpu;
-mod cuda;
 mod decide;
-mod lm;
 mod ppl;
 mod run;
 mod speculative;
@@ -21,18 +19,21 @@ mod verify;
 
 pub use autoregressive::generate_autoregressive;
 pub use config::{GenConfig, Generation, StopReason, EOS_TOKEN};
-pub use lm::Lm;
 pub use ppl::{token_nll, NllTotals, Perplexities, TokenNll};
 pub use speculative::generate_speculative;
-pub use spedec_neox::Logits;
+pub use spedec_lm::{Lm, Logits};
 pub use spedec_sampling::{Sampler, SamplingParams};
 pub use stats::{Mode, Stats, Timing};
 
-/// Hooks for tests: run the generators with a chosen source of randomness, or with a
-/// deliberately broken acceptance rule (to show that the statistical tests can tell).
+/// Hooks for tests: run the generators with a chosen source of randomness, or (with the
+/// test-only feature `fault-injection`) with a deliberately broken acceptance rule, to show
+/// that the statistical tests can tell.
 #[doc(hidden)]
 pub mod testing {
     pub use crate::autoregressive::autoregressive_with;
-    pub use crate::decide::{Decisions, Fault};
+    pub use crate::decide::Decisions;
+    #[cfg(feature = "fault-injection")]
+    pub use crate::decide::Fault;
+    #[cfg(feature = "fault-injection")]
     pub use crate::speculative::speculative_with;
 }

@@ -1,9 +1,9 @@
 //! Checks and model calls shared by both generators.
 
 use anyhow::{bail, ensure, Context, Result};
-use spedec_neox::Logits;
+use spedec_lm::Logits;
 
-use crate::lm::Lm;
+use spedec_lm::Lm;
 
 /// Checks that the prompt is non-empty, its ids fit `model`'s vocabulary and it fits the context.
 pub(crate) fn check_prompt<M: Lm + ?Sized>(prompt: &[u32], model: &M, name: &str) -> Result<()> {

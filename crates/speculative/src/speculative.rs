@@ -33,10 +33,10 @@ use spedec_sampling::Rng;
 
 use crate::config::{GenConfig, Generation, StopReason, EOS_TOKEN};
 use crate::decide::{Decisions, Fault};
-use crate::lm::Lm;
 use crate::run::{check_prompt, forward, forward_last, truncate};
 use crate::stats::{Bucket, Mode, Recorder};
 use crate::verify::{choose, draw_draft, verify};
+use spedec_lm::Lm;
 
 /// Generates up to `cfg.max_new_tokens` tokens after `prompt` with `target`, drafting `cfg.gamma`
 /// tokens per step with `draft`. The output is distributed exactly as the target's own sampling
@@ -72,7 +72,8 @@ fn emit(seq: &mut Vec<u32>, token: u32, prompt_len: usize, cfg: &GenConfig) -> O
 }
 
 /// [`generate_speculative`] with the random decisions taken from `decisions` and an optional
-/// deliberate [`Fault`] (tests only).
+/// deliberate [`Fault`] (tests only: exported as `testing::speculative_with` with the feature
+/// `fault-injection`).
 pub fn speculative_with<T: Lm + ?Sized, D: Lm + ?Sized>(
     target: &mut T,
     draft: &mut D,

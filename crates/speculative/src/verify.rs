@@ -3,7 +3,7 @@
 //! first rejection, bonus token from the last row when all are accepted).
 
 use anyhow::{Context, Result};
-use spedec_neox::Logits;
+use spedec_lm::Logits;
 use spedec_sampling::{acceptance_probability, argmax, process, residual, softmax, Sampler};
 
 use crate::decide::{Decisions, Fault};

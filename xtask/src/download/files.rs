@@ -1,5 +1,6 @@
-//! File-system helpers: atomic writes (temporary name, fsync, rename),
-//! sha256 of files, links with a copy fallback, and disk-full messages.
+//! File-system helpers: streamed, sha256-checked writes (temporary name, fsync,
+//! rename; whole small files go through `spedec_report::write_atomic`), sha256
+//! of files, links with a copy fallback, and disk-full messages.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -136,21 +137,6 @@ pub fn commit(file: File, partial: &Path, dest: &Path) -> Result<()> {
         sync_dir(parent);
     }
     Ok(())
-}
-
-/// Writes `bytes` to `dest` atomically (temporary name, fsync, rename).
-pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
-    create_parent(dest)?;
-    let partial = partial_path(dest);
-    let mut file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&partial)
-        .with_context(|| format!("creating {}", partial.display()))?;
-    file.write_all(bytes)
-        .map_err(|e| write_error(e, &partial, Some(bytes.len() as u64)))?;
-    commit(file, &partial, dest)
 }
 
 /// Streams `reader` into `dest` atomically while hashing it; the file is

@@ -269,7 +269,7 @@ pub fn get(http: &Http, hub: &Hub, file: &HubFile) -> Result<Got> {
     if !is_commit_hash(file.revision) {
         let reference = folder.join("refs").join(file.revision);
         if fs::read_to_string(&reference).ok().as_deref() != Some(meta.commit.as_str()) {
-            files::write_atomic(&reference, meta.commit.as_bytes())?;
+            spedec_report::write_atomic(&reference, meta.commit.as_bytes())?;
         }
     }
     Ok(Got {

@@ -248,7 +248,7 @@ fn write_manifest(path: &Path, manifest: &BTreeMap<String, String>) -> Result<()
         .iter()
         .map(|(file, sha)| format!("{sha}  {file}\n"))
         .collect();
-    files::write_atomic(path, text.as_bytes())
+    spedec_report::write_atomic(path, text.as_bytes())
 }
 
 #[cfg(test)]

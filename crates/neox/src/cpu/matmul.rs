@@ -277,9 +277,10 @@ struct Block<'a> {
 /// Runs `block` with the kernel set `isa`; `prefetch` asks the weight stream to be fetched ahead.
 fn micro_tile(isa: Isa, dtype: Dtype, block: Block, prefetch: bool) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        // SAFETY: Isa::Avx2 is only chosen when avx2, fma and f16c were detected; the tile
-        // pointer addresses accumulators owned by this task.
+    if isa.is_avx2() {
+        // SAFETY: an AVX2 `Isa` is only built after detecting avx2, fma and f16c (it is
+        // opaque: see `Isa::avx2`), so the target features are present; the tile pointer
+        // addresses accumulators owned by this task.
         unsafe {
             match dtype {
                 Dtype::F32 => x86::dispatch::<x86::F32>(block, prefetch),

@@ -42,8 +42,9 @@ pub fn gelu(isa: crate::cpu::Isa, x: &mut [f32]) {
 /// [`gelu`] on the calling thread (for a matmul epilogue, already inside a task).
 pub fn gelu_serial(isa: crate::cpu::Isa, x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if isa == crate::cpu::Isa::Avx2 {
-        // SAFETY: Isa::Avx2 is only chosen when avx2 was detected.
+    if isa.is_avx2() {
+        // SAFETY: an AVX2 `Isa` is only built after detecting avx2 (it is opaque: see
+        // `Isa::avx2`), so the target feature is present.
         unsafe { gelu_avx2(x) };
         return;
     }
@@ -187,8 +188,9 @@ pub fn attention(
                 scale,
             };
             #[cfg(target_arch = "x86_64")]
-            if isa == crate::cpu::Isa::Avx2 {
-                // SAFETY: Isa::Avx2 is only chosen when avx2 was detected.
+            if isa.is_avx2() {
+                // SAFETY: an AVX2 `Isa` is only built after detecting avx2 (it is opaque: see
+                // `Isa::avx2`), so the target feature is present.
                 unsafe { attend_avx2(&query, scores, o) };
                 return;
             }

@@ -1,6 +1,6 @@
 //! The GPT-NeoX forward as a fixed sequence of kernel launches over any
-//! [`KernelBackend`]: the GPU ([`super::device::CudaOps`]) or, in tests, a CPU emulation of
-//! the kernels built on `spedec_cuda::reference`.
+//! [`KernelBackend`]: the GPU ([`spedec_cuda::GpuBackend`]) or, in `spedec-check`'s tests, a
+//! host emulation of the same CUDA sources.
 //!
 //! Everything a step touches lives in buffers allocated once by [`Engine::new`]: the weights
 //! (f16), the KV cache (f16, one K and one V buffer per layer, `[H, capacity, hd]` each, the
@@ -30,45 +30,14 @@
 use anyhow::{bail, ensure, Context, Result};
 use half::f16;
 use rayon::prelude::*;
-use spedec_cuda::backend::{Elem, KernelBackend, LinDest};
-use spedec_cuda::kernels::consts::{ATT_MAX_HD, ATT_MAX_M, LIN_MAX_M};
-use spedec_cuda::AttnShape;
+use spedec_cuda::kernels::consts::ATT_MAX_HD;
+use spedec_cuda::{AttnShape, KernelBackend, LinDest};
+use spedec_lm::{KvCursor, Logits};
 
 use crate::config::Config;
-use crate::logits::Logits;
 use crate::weights::{Dtype, Matrix, Weights};
 
-/// Rows per step: the kernels' limit (M ≤ 16). Longer inputs run in chunks of this size,
-/// which batch invariance makes exact.
-pub const MAX_ROWS: usize = if LIN_MAX_M < ATT_MAX_M {
-    LIN_MAX_M
-} else {
-    ATT_MAX_M
-};
-
-/// What the forward needs from a backend beyond the kernels themselves.
-pub trait ForwardBackend: KernelBackend + Sized {
-    /// Allocate whatever the backend keeps per model before the first step (the attention
-    /// scratch), so that no step allocates.
-    fn prepare(&mut self, shape: &AttnShape) -> Result<()>;
-
-    /// Copy `host` into the start of `dst` (ordered with the launches).
-    fn write<T: Elem>(&mut self, host: &[T], dst: &mut Self::Buf<T>) -> Result<()>;
-
-    /// Copy the first `dst.len()` elements of `src` into `dst` (waits for pending work).
-    fn read_into<T: Elem>(&mut self, src: &Self::Buf<T>, dst: &mut [T]) -> Result<()>;
-
-    /// Run one step of `m` rows; `encode` enqueues its launches. A backend may record them
-    /// the first times and replay the record later (CUDA graphs); the default runs them.
-    fn run_step(
-        &mut self,
-        m: usize,
-        encode: &mut dyn FnMut(&mut Self) -> Result<()>,
-    ) -> Result<()> {
-        let _ = m;
-        encode(self)
-    }
-}
+pub use spedec_cuda::MAX_ROWS;
 
 /// The model dimensions a step needs.
 #[derive(Debug, Clone, Copy)]
@@ -145,7 +114,7 @@ struct Scratch<B: KernelBackend> {
 
 /// A GPT-NeoX model resident on a backend: f16 weights, f16 KV cache, scratch, and the
 /// number of cached positions.
-pub struct Engine<B: ForwardBackend> {
+pub struct Engine<B: KernelBackend> {
     backend: B,
     config: Config,
     dims: Dims,
@@ -153,8 +122,8 @@ pub struct Engine<B: ForwardBackend> {
     params: Params<B>,
     kv: Vec<LayerKv<B>>,
     scratch: Scratch<B>,
-    /// Positions `0..len` of the cache are valid.
-    len: usize,
+    /// Cached length and capacity.
+    cursor: KvCursor,
     /// Bytes of f16 matrices one decode step reads (all but `embed_in`).
     bytes_per_token: usize,
 }
@@ -169,13 +138,13 @@ pub fn check_config(config: &Config) -> Result<()> {
     if !d.is_multiple_of(8) || !inter.is_multiple_of(8) {
         bail!(
             "the CUDA kernels need hidden_size ({d}) and intermediate_size ({inter}) to be \
-             multiples of 8; use --device cpu"
+             multiples of 8 (the CPU backend has no such limit)"
         );
     }
     if !hd.is_multiple_of(8) || hd > ATT_MAX_HD {
         bail!(
             "the CUDA attention kernel needs a head_dim that is a multiple of 8 and at most \
-             {ATT_MAX_HD} (this model has {hd}); use --device cpu"
+             {ATT_MAX_HD} (this model has {hd}; the CPU backend has no such limit)"
         );
     }
     let rot = config.rotary_dims();
@@ -216,7 +185,7 @@ pub fn matrix_to_f16(name: &str, m: &Matrix) -> Result<Vec<f16>> {
         if let Some(i) = out.par_iter().position_any(|v| v.is_infinite()) {
             bail!(
                 "{name} element {i} is beyond the f16 range (±{F16_MAX}): this checkpoint cannot \
-                 run with f16 weights on the CUDA backend; use --device cpu"
+                 run with f16 weights on the CUDA backend (the CPU backend keeps the stored dtype)"
             );
         }
     }
@@ -226,23 +195,26 @@ pub fn matrix_to_f16(name: &str, m: &Matrix) -> Result<Vec<f16>> {
 /// A vector (LayerNorm parameter or bias) rounded to f16.
 pub fn vector_to_f16(name: &str, v: &[f32]) -> Result<Vec<f16>> {
     if let Some(x) = v.iter().find(|x| x.abs() > F16_MAX) {
-        bail!("{name} holds {x}, beyond the f16 range; use --device cpu");
+        bail!(
+            "{name} holds {x}, beyond the f16 range of the CUDA backend (the CPU backend keeps \
+             the stored dtype)"
+        );
     }
     Ok(v.iter().map(|&x| f16::from_f32(x)).collect())
 }
 
-fn upload_matrix<B: ForwardBackend>(b: &mut B, name: &str, m: &Matrix) -> Result<B::Buf<f16>> {
+fn upload_matrix<B: KernelBackend>(b: &mut B, name: &str, m: &Matrix) -> Result<B::Buf<f16>> {
     let host = matrix_to_f16(name, m)?;
     b.upload(&host)
         .with_context(|| format!("uploading {name} ({} × {})", m.rows(), m.cols()))
 }
 
-fn upload_vector<B: ForwardBackend>(b: &mut B, name: &str, v: &[f32]) -> Result<B::Buf<f16>> {
+fn upload_vector<B: KernelBackend>(b: &mut B, name: &str, v: &[f32]) -> Result<B::Buf<f16>> {
     let host = vector_to_f16(name, v)?;
     b.upload(&host).with_context(|| format!("uploading {name}"))
 }
 
-fn upload_params<B: ForwardBackend>(b: &mut B, w: &Weights) -> Result<Params<B>> {
+fn upload_params<B: KernelBackend>(b: &mut B, w: &Weights) -> Result<Params<B>> {
     let mut layers = Vec::with_capacity(w.layers.len());
     for (l, lw) in w.layers.iter().enumerate() {
         let p = format!("layer {l}");
@@ -322,7 +294,7 @@ pub fn f16_bytes_per_token(config: &Config) -> usize {
     2 * (config.num_layers * per_layer + v * d)
 }
 
-impl<B: ForwardBackend> Engine<B> {
+impl<B: KernelBackend> Engine<B> {
     /// Upload `weights` (converted to f16) and allocate the KV cache for `capacity` positions
     /// (default: the model's max positions) and the scratch of one step.
     pub fn new(
@@ -332,13 +304,8 @@ impl<B: ForwardBackend> Engine<B> {
         capacity: Option<usize>,
     ) -> Result<Self> {
         check_config(config)?;
-        let max = config.max_position_embeddings;
-        let capacity = capacity.unwrap_or(max);
-        if capacity == 0 || capacity > max {
-            bail!(
-                "context length {capacity} must be between 1 and the model's max positions {max}"
-            );
-        }
+        let cursor = KvCursor::new(capacity, config.max_position_embeddings)?;
+        let capacity = cursor.capacity();
         ensure!(
             weights.layers.len() == config.num_layers,
             "weights have {} layers, config says {}",
@@ -390,7 +357,7 @@ impl<B: ForwardBackend> Engine<B> {
             params,
             kv,
             scratch,
-            len: 0,
+            cursor,
             bytes_per_token: f16_bytes_per_token(config),
         })
     }
@@ -412,17 +379,17 @@ impl<B: ForwardBackend> Engine<B> {
 
     /// Number of cached positions.
     pub fn len(&self) -> usize {
-        self.len
+        self.cursor.len()
     }
 
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.cursor.is_empty()
     }
 
     /// Positions the cache holds.
     pub fn capacity(&self) -> usize {
-        self.shape.max_pos
+        self.cursor.capacity()
     }
 
     /// Bytes of f16 weights one decode step reads.
@@ -432,36 +399,15 @@ impl<B: ForwardBackend> Engine<B> {
 
     /// Keeps the first `len` cached positions (moves the length only).
     pub fn truncate(&mut self, len: usize) -> Result<()> {
-        if len > self.len {
-            bail!(
-                "cannot truncate the cache to {len} tokens: it holds only {}",
-                self.len
-            );
-        }
-        self.len = len;
-        Ok(())
+        self.cursor.truncate(len)
     }
 
     /// Appends `tokens` after the cached ones; returns logits `[tokens.len(), vocab]` (f32).
     /// Runs in steps of at most [`MAX_ROWS`] rows.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Logits> {
         let n = tokens.len();
-        let start = self.len;
         let vocab = self.dims.vocab;
-        if n == 0 {
-            bail!("forward needs at least one token");
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            bail!("token id {bad} is out of range: the model's vocabulary has {vocab} ids");
-        }
-        let capacity = self.capacity();
-        if start + n > capacity {
-            bail!(
-                "context too long: {start} cached + {n} new tokens exceed the context length \
-                 {capacity} (model max positions {})",
-                self.config.max_position_embeddings
-            );
-        }
+        let start = self.cursor.check_append(tokens, vocab)?;
         let mut out = vec![0f32; n * vocab];
         let Engine {
             backend,
@@ -488,13 +434,13 @@ impl<B: ForwardBackend> Engine<B> {
             backend.run_step(m, &mut |b| encode(b, dims, shape, params, kv, scratch, m))?;
             backend.read_into(&scratch.logits, dst)?;
         }
-        self.len = start + n;
+        self.cursor.advance(n);
         Ok(Logits::new(out, n, vocab))
     }
 }
 
 /// Enqueue the launches of one step of `m` rows (ids and positions already on the device).
-fn encode<B: ForwardBackend>(
+fn encode<B: KernelBackend>(
     b: &mut B,
     dims: &Dims,
     shape: &AttnShape,

@@ -29,8 +29,10 @@ use serde_json::{json, Value};
 use spedec_neox::ModelFiles;
 use spedec_speculative::{generate_autoregressive, generate_speculative, GenConfig, Sampler};
 
-use super::report::{Outcome, Recorder, Status};
-use super::{compare, skipped, to_json, Env, Model, Summary, LOGIT_TOL};
+use crate::compare::{compare, diff_outcome, skipped, to_json};
+use crate::env::{Env, Model};
+use crate::report::{summarize, Outcome, Recorder, Status};
+use crate::LOGIT_TOL;
 
 /// Raw little-endian f32 values.
 fn read_f32(path: &Path) -> Result<Vec<f32>> {
@@ -67,7 +69,9 @@ fn str_field<'a>(v: &'a Value, key: &str) -> Result<&'a str> {
 /// (f) Logits and speed against HF transformers.
 pub(crate) fn hf(env: &Env, rec: &mut Recorder) {
     let Some(dir) = env.args.hf_dir.clone() else {
-        rec.check("HF comparison", || Ok(skipped("no --hf-dir")));
+        rec.check("HF comparison", || {
+            Ok(skipped("no HF reference folder given"))
+        });
         return;
     };
     let reference: Value = match std::fs::read_to_string(dir.join("reference.json"))
@@ -124,7 +128,7 @@ pub(crate) fn hf(env: &Env, rec: &mut Recorder) {
                 extra = json!({ "tokens": tokens.len(), "hf_fp16_vs_fp32": to_json(&hf16),
                                 "spedec_vs_hf_fp16": to_json(&ours16) });
             }
-            let mut out = super::diff_outcome(&d, extra);
+            let mut out = diff_outcome(&d, extra);
             out.detail += &context;
             m.lm().truncate(0)?;
             loaded = Some(m);
@@ -180,7 +184,7 @@ pub(crate) fn hf(env: &Env, rec: &mut Recorder) {
                         per_token.push(ms);
                     }
                 }
-                let s = Summary::of(&per_token)?;
+                let s = summarize(&per_token)?;
                 Ok(Outcome::new(
                     Status::Info,
                     format!(
@@ -228,7 +232,7 @@ pub(crate) fn hf(env: &Env, rec: &mut Recorder) {
             }
             stats = Some(g.stats);
         }
-        let s = Summary::of(&per_token)?;
+        let s = summarize(&per_token)?;
         let rate = stats.as_ref().and_then(|s| s.acceptance_rate).unwrap_or(0.0);
         Ok(Outcome::new(
             Status::Info,

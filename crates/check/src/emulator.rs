@@ -1,32 +1,40 @@
-//! The kernels' logic on a CPU: kernels/*.cu compiled by the host C++ compiler against a
-//! small emulation of the CUDA execution model (tests/emu/emu.h: fibers per thread,
-//! __syncthreads and warp shuffles as barriers), then the same self-check as on a GPU
-//! (`check::run_checks_on`) at reduced shapes with the real head dims (64 and 80), M = 1, 5,
-//! 16. This checks indexing, masking, reductions and batch invariance without a GPU; it
-//! cannot check PTX, the GPU compiler, timing or the launchers' device pointers.
-//! Prints `skipped: no C++ compiler` where none is found.
+//! The one test backend: `kernels/*.cu` compiled by the host C++ compiler against a small
+//! emulation of the CUDA execution model (`emu/emu.h`: fibers per thread, `__syncthreads`
+//! and warp shuffles as barriers; `emu/launch.cpp`: C entry points with the launch
+//! configurations of `spedec_cuda::ops`), behind [`KernelBackend`] and [`CheckBackend`] on
+//! host `Vec`s. The kernel self-check and the model's forward (`cuda_model::Engine`) run on
+//! it without a GPU; it checks indexing, masking, reductions and batch invariance, not PTX,
+//! the GPU compiler, timing or the launchers' device pointers.
+//!
+//! `__shared__` variables are function statics in the emulation, so launches are serialised
+//! process-wide; the library is built once per process.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use half::f16;
 use libloading::Library;
-use spedec_cuda::backend::{Elem, KernelBackend, LinDest, SecondLn};
-use spedec_cuda::check::{self, CheckOptions, ModelShape};
 use spedec_cuda::kernels::consts::ATT_SPLIT;
-use spedec_cuda::AttnShape;
+use spedec_cuda::{AttnShape, Elem, KernelBackend, LinDest, SecondLn};
 
-fn visible(msg: &str) {
-    let _ = writeln!(std::io::stderr(), "{msg}");
-}
+use crate::backend::CheckBackend;
 
 type H = *const u16;
 type HM = *mut u16;
 
-/// Build the emulation library once per test binary.
-fn build() -> Result<Option<PathBuf>> {
+/// Build the emulation library into `dir` (once per process). `None` where no C++
+/// compiler is found (or not on x86-64 Linux).
+fn build(dir: &Path) -> Result<Option<PathBuf>> {
+    static BUILT: OnceLock<std::result::Result<Option<PathBuf>, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| compile(dir).map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn compile(dir: &Path) -> Result<Option<PathBuf>> {
     if !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
         return Ok(None);
     }
@@ -35,7 +43,9 @@ fn build() -> Result<Option<PathBuf>> {
         return Ok(None);
     }
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("libspedec_kernel_emu.so");
+    std::fs::create_dir_all(dir)?;
+    // One file per process: test binaries build in parallel.
+    let out = dir.join(format!("libspedec_kernel_emu-{}.so", std::process::id()));
     let status = Command::new(&cxx)
         .args([
             "-O2",
@@ -46,10 +56,10 @@ fn build() -> Result<Option<PathBuf>> {
             "-w",
             "-include",
         ])
-        .arg(here.join("tests/emu/emu.h"))
+        .arg(here.join("emu/emu.h"))
         .arg("-I")
         .arg(here.join("../../kernels"))
-        .arg(here.join("tests/emu/launch.cpp"))
+        .arg(here.join("emu/launch.cpp"))
         .arg("-o")
         .arg(&out)
         .status()?;
@@ -60,8 +70,12 @@ fn build() -> Result<Option<PathBuf>> {
     Ok(Some(out))
 }
 
-struct Emu {
-    lib: Library,
+/// Serialises launches (the emulation's `__shared__` state is process-wide).
+static LAUNCH: Mutex<()> = Mutex::new(());
+
+/// The CUDA kernels emulated on the host, buffers in host memory.
+pub struct HostEmulator {
+    lib: Arc<Library>,
 }
 
 fn ok(code: i32, what: &str) -> Result<()> {
@@ -71,10 +85,24 @@ fn ok(code: i32, what: &str) -> Result<()> {
     Ok(())
 }
 
-impl Emu {
-    fn sym<T>(&self, name: &str) -> Result<libloading::Symbol<'_, T>> {
+impl HostEmulator {
+    /// The emulator, its library built in `dir` on first use; `None` where no C++ compiler
+    /// is found (or not on x86-64 Linux).
+    pub fn new(dir: &Path) -> Result<Option<Self>> {
+        let Some(path) = build(dir)? else {
+            return Ok(None);
+        };
+        // SAFETY: a library we just built; its initialisers do nothing.
+        let lib = unsafe { Library::new(&path) }
+            .map_err(|e| anyhow!("loading {}: {e}", path.display()))?;
+        Ok(Some(HostEmulator { lib: Arc::new(lib) }))
+    }
+
+    /// The entry point `name` of type `T`, and the launch lock to hold while it runs.
+    fn sym<T>(&self, name: &str) -> Result<(libloading::Symbol<'_, T>, MutexGuard<'static, ()>)> {
         // SAFETY: the symbol's type is given by launch.cpp's signature at each call site.
-        Ok(unsafe { self.lib.get(name.as_bytes())? })
+        let f = unsafe { self.lib.get(name.as_bytes())? };
+        Ok((f, LAUNCH.lock().unwrap_or_else(|e| e.into_inner())))
     }
 }
 
@@ -90,33 +118,40 @@ fn opt<T>(v: Option<&Vec<T>>) -> *const u16 {
     v.map_or(std::ptr::null(), |v| p(v))
 }
 
-impl KernelBackend for Emu {
+impl KernelBackend for HostEmulator {
     type Buf<T: Elem> = Vec<T>;
 
-    fn describe(&self) -> String {
-        "host emulation of kernels/*.cu".into()
-    }
     fn upload<T: Elem>(&mut self, host: &[T]) -> Result<Vec<T>> {
         Ok(host.to_vec())
-    }
-    fn poisoned<T: Elem>(&mut self, len: usize) -> Result<Vec<T>> {
-        let mut v = vec![T::default(); len];
-        self.poison(&mut v)?;
-        Ok(v)
-    }
-    fn poison<T: Elem>(&mut self, buf: &mut Vec<T>) -> Result<()> {
-        // SAFETY: every Elem type accepts any bit pattern.
-        unsafe { std::ptr::write_bytes(buf.as_mut_ptr(), 0xff, buf.len()) };
-        Ok(())
     }
     fn download<T: Elem>(&mut self, buf: &Vec<T>) -> Result<Vec<T>> {
         Ok(buf.clone())
     }
+    fn write<T: Elem>(&mut self, host: &[T], dst: &mut Vec<T>) -> Result<()> {
+        ensure!(
+            host.len() <= dst.len(),
+            "write of {} elements into a buffer of {}",
+            host.len(),
+            dst.len()
+        );
+        dst[..host.len()].copy_from_slice(host);
+        Ok(())
+    }
+    fn read_into<T: Elem>(&mut self, src: &Vec<T>, dst: &mut [T]) -> Result<()> {
+        ensure!(
+            dst.len() <= src.len(),
+            "read of {} elements from a buffer of {}",
+            dst.len(),
+            src.len()
+        );
+        dst.copy_from_slice(&src[..dst.len()]);
+        Ok(())
+    }
     fn synchronize(&mut self) -> Result<()> {
         Ok(())
     }
-    fn timed(&self) -> bool {
-        false
+    fn prepare(&mut self, _shape: &AttnShape) -> Result<()> {
+        Ok(()) // the attention scratch is made (poisoned) on every call
     }
 
     fn embedding(
@@ -129,9 +164,10 @@ impl KernelBackend for Emu {
         d: usize,
     ) -> Result<()> {
         ensure!(ids.len() >= m && table.len() == vocab * d && out.len() >= m * d);
-        let f = self.sym::<unsafe extern "C" fn(*const u32, H, *mut f32, i32, i32, i32) -> i32>(
-            "emu_embedding_f16",
-        )?;
+        let (f, _serial) =
+            self.sym::<unsafe extern "C" fn(*const u32, H, *mut f32, i32, i32, i32) -> i32>(
+                "emu_embedding_f16",
+            )?;
         ok(
             unsafe {
                 f(
@@ -161,7 +197,7 @@ impl KernelBackend for Emu {
         eps: f32,
     ) -> Result<()> {
         ensure!(x.len() >= m * d && weight.len() == d && bias.len() == d && out.len() >= m * d);
-        let f = self.sym::<unsafe extern "C" fn(
+        let (f, _serial) = self.sym::<unsafe extern "C" fn(
             *mut f32,
             H,
             H,
@@ -208,9 +244,11 @@ impl KernelBackend for Emu {
         n: usize,
         k: usize,
     ) -> Result<()> {
-        ensure!(x.len() >= m * k && w.len() == n * k && k % 8 == 0 && (1..=16).contains(&m));
-        let f = self
-            .sym::<unsafe extern "C" fn(H, H, H, HM, *mut f32, i32, i32, i32, i32) -> i32>(
+        ensure!(
+            x.len() >= m * k && w.len() == n * k && k.is_multiple_of(8) && (1..=16).contains(&m)
+        );
+        let (f, _serial) =
+            self.sym::<unsafe extern "C" fn(H, H, H, HM, *mut f32, i32, i32, i32, i32) -> i32>(
                 "emu_linear_f16",
             )?;
         let (mode, oh, of): (i32, *mut u16, *mut f32) = match out {
@@ -248,7 +286,7 @@ impl KernelBackend for Emu {
         s: &AttnShape,
     ) -> Result<()> {
         ensure!(k_cache.len() == s.cache_len() && v_cache.len() == s.cache_len());
-        let f = self.sym::<unsafe extern "C" fn(
+        let (f, _serial) = self.sym::<unsafe extern "C" fn(
             H,
             *const i32,
             HM,
@@ -294,7 +332,7 @@ impl KernelBackend for Emu {
         let rows = m * s.heads * n_split;
         let mut o_part: Vec<f32> = self.poisoned(rows * s.head_dim)?;
         let mut ml_part: Vec<f32> = self.poisoned(rows * 2)?;
-        let f = self.sym::<unsafe extern "C" fn(
+        let (f, _serial) = self.sym::<unsafe extern "C" fn(
             H,
             H,
             H,
@@ -328,8 +366,18 @@ impl KernelBackend for Emu {
         };
         ok(r, "attention")
     }
+}
 
-    fn poison_attention_scratch(&mut self) -> Result<()> {
+impl CheckBackend for HostEmulator {
+    fn timed(&self) -> bool {
+        false
+    }
+    fn poison<T: Elem>(&mut self, buf: &mut Vec<T>) -> Result<()> {
+        // SAFETY: every Elem type accepts any bit pattern.
+        unsafe { std::ptr::write_bytes(buf.as_mut_ptr(), 0xff, buf.len()) };
+        Ok(())
+    }
+    fn poison_attention_scratch(&mut self, _shape: &AttnShape) -> Result<()> {
         Ok(()) // fresh poisoned scratch on every call
     }
 
@@ -341,7 +389,7 @@ impl KernelBackend for Emu {
         vocab: usize,
     ) -> Result<()> {
         ensure!(logits.len() >= m * vocab && out.len() >= m);
-        let f = self
+        let (f, _serial) = self
             .sym::<unsafe extern "C" fn(*const f32, *mut u32, i32, i32) -> i32>("emu_argmax_f32")?;
         ok(
             unsafe { f(logits.as_ptr(), out.as_mut_ptr(), m as i32, vocab as i32) },
@@ -358,9 +406,10 @@ impl KernelBackend for Emu {
         temperature: f32,
     ) -> Result<()> {
         ensure!(logits.len() >= m * vocab && probs.len() >= m * vocab);
-        let f = self.sym::<unsafe extern "C" fn(*const f32, *mut f32, i32, i32, f32) -> i32>(
-            "emu_softmax_f32",
-        )?;
+        let (f, _serial) = self
+            .sym::<unsafe extern "C" fn(*const f32, *mut f32, i32, i32, f32) -> i32>(
+                "emu_softmax_f32",
+            )?;
         ok(
             unsafe {
                 f(
@@ -374,54 +423,4 @@ impl KernelBackend for Emu {
             "softmax",
         )
     }
-}
-
-/// Reduced shapes with Pythia's real head geometries (70m: 64-dim heads, 2.8b: 80-dim).
-const EMU_64: ModelShape = ModelShape {
-    name: "emu hd64",
-    hidden: 128,
-    heads: 2,
-    head_dim: 64,
-    intermediate: 512,
-    vocab: 1000,
-    rotary_dims: 16,
-    max_pos: 300,
-};
-const EMU_80: ModelShape = ModelShape {
-    name: "emu hd80",
-    hidden: 240,
-    heads: 3,
-    head_dim: 80,
-    intermediate: 960,
-    vocab: 1003,
-    rotary_dims: 20,
-    max_pos: 260,
-};
-
-#[test]
-fn kernels_match_the_cpu_reference_under_host_emulation() {
-    let lib = match build() {
-        Ok(Some(path)) => path,
-        Ok(None) => {
-            visible("kernels_match_the_cpu_reference_under_host_emulation: skipped: no C++ compiler (or not x86-64 Linux)");
-            return;
-        }
-        Err(e) => panic!("{e:#}"),
-    };
-    // SAFETY: a library we just built; its initialisers do nothing.
-    let mut emu = Emu {
-        lib: unsafe { Library::new(&lib) }.expect("load the emulation library"),
-    };
-    let opts = CheckOptions {
-        models: vec![EMU_64, EMU_80],
-        rows: vec![1, 5, 16],
-        seed: 7,
-        timing_reps: 0,
-    };
-    let results = check::run_checks_on(&mut emu, &opts).unwrap_or_else(|e| panic!("{e:#}"));
-    visible(&check::format_table(&results));
-    assert!(
-        check::all_passed(&results),
-        "emulated kernels disagree with the reference (table above)"
-    );
 }

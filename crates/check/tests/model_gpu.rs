@@ -4,10 +4,11 @@
 //! `skipped: no CUDA device` where there is no usable GPU (driver, device and NVRTC).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 
+use spedec_check::compare::compare;
+use spedec_check::fixtures::{golden_root, load, GOLDEN_FOLDERS};
 use spedec_neox::cuda_model::shared_gpu;
-use spedec_neox::{Config, CpuModel, CudaModel, CudaOptions, Isa, ModelFiles, Weights};
+use spedec_neox::{CpuModel, CudaModel, CudaOptions, Isa, Lm, ModelFiles};
 
 fn visible(msg: &str) {
     let _ = writeln!(std::io::stderr(), "{msg}");
@@ -21,27 +22,8 @@ fn gpu_or_skip(test: &str) -> bool {
     false
 }
 
-fn golden_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../data/fixtures/golden")
-        .join(name)
-}
-
 fn options(capacity: Option<usize>, graphs: bool) -> CudaOptions {
     CudaOptions { capacity, graphs }
-}
-
-/// Largest |a − b| and whether all are within atol + rtol·|ref|.
-fn compare(got: &[f32], want: &[f32], tol: f32) -> (f32, bool) {
-    assert_eq!(got.len(), want.len());
-    let mut max = 0f32;
-    let mut ok = true;
-    for (&a, &b) in got.iter().zip(want) {
-        let d = (a - b).abs();
-        max = max.max(d);
-        ok &= d <= tol + tol * b.abs();
-    }
-    (max, ok && max.is_finite())
 }
 
 #[test]
@@ -51,26 +33,17 @@ fn cuda_logits_match_the_cpu_model_on_fixtures() {
     }
     let gpu = shared_gpu().unwrap();
     visible(&gpu.describe());
-    for folder in [
-        "parallel-f32",
-        "parallel-f16",
-        "parallel-bf16",
-        "sequential-f32",
-        "sequential-f16",
-        "sequential-bf16",
-    ] {
-        let dir = golden_dir(folder);
-        let config = Config::from_file(&dir.join("config.json")).unwrap();
-        let weights = Weights::load(&dir.join("model.safetensors"), &config).unwrap();
+    for folder in GOLDEN_FOLDERS {
+        let (config, weights) = load(&golden_root().join(folder)).unwrap();
         let ids: Vec<u32> = (0..24u32).map(|i| (i * 37 + 5) % 1000).collect();
         let mut cpu = CpuModel::new(config.clone(), weights.clone(), None, Isa::detect()).unwrap();
         let want = cpu.forward(&ids).unwrap();
         let mut cuda =
             CudaModel::new(gpu.clone(), &config, &weights, &options(None, true)).unwrap();
         let got = cuda.forward(&ids).unwrap();
-        let (max, ok) = compare(got.as_slice(), want.as_slice(), 2e-2);
-        visible(&format!("{folder}: CUDA vs CPU max |diff| {max:.3e}"));
-        assert!(ok, "{folder}: max diff {max}");
+        let d = compare(got.as_slice(), want.as_slice(), got.vocab(), 2e-2, 2e-2).unwrap();
+        visible(&format!("{folder}: CUDA vs CPU {}", d.line()));
+        assert!(d.pass, "{folder}: {}", d.line());
     }
 }
 
@@ -121,9 +94,7 @@ fn cuda_model_rejects_bad_input() {
     if !gpu_or_skip("cuda_model_rejects_bad_input") {
         return;
     }
-    let dir = golden_dir("parallel-f16");
-    let config = Config::from_file(&dir.join("config.json")).unwrap();
-    let weights = Weights::load(&dir.join("model.safetensors"), &config).unwrap();
+    let (config, weights) = load(&golden_root().join("parallel-f16")).unwrap();
     let gpu = shared_gpu().unwrap();
     let mut m = CudaModel::new(gpu.clone(), &config, &weights, &options(Some(8), true)).unwrap();
     assert!(m.forward(&[]).is_err());

@@ -1,6 +1,6 @@
 //! The one model interface the engine needs: append tokens, get logits for each, roll back.
 
-use spedec_neox::Logits;
+use crate::Logits;
 
 /// A causal language model that owns its KV cache.
 ///

@@ -16,9 +16,13 @@ use serde_json::{json, Value};
 use spedec_neox::Tokenizer;
 use spedec_speculative::{generate_autoregressive, generate_speculative, GenConfig, Lm, Sampler};
 
+use spedec_report::bench::leviathan_speedup;
+use spedec_report::Summary;
+
 use super::correctness::PROMPT;
-use super::report::{Outcome, Recorder, Status};
-use super::{test_tokens, to_json, Env, Model, Summary};
+use crate::compare::to_json;
+use crate::env::{test_tokens, Env, Model};
+use crate::report::{ms, summarize, Outcome, Recorder, Status};
 
 /// Draft tokens per verify step in the timing runs (the seed study's γ).
 const GAMMA: usize = 4;
@@ -58,7 +62,7 @@ fn copy_bandwidth(env: &Env, reps: usize) -> Result<(f64, Summary, usize)> {
             }
         }
     }
-    let s = Summary::of(&times)?;
+    let s = summarize(&times)?;
     let gbps = 2.0 * bytes as f64 / (s.median * 1e-3) / 1e9;
     Ok((gbps, s, bytes))
 }
@@ -77,29 +81,14 @@ fn time_forward(lm: &mut dyn Lm, tokens: &[u32], warmup: usize, reps: usize) -> 
             times.push(dt);
         }
     }
-    Summary::of(&times)
+    summarize(&times)
 }
 
-/// Leviathan et al. (2023), eq. 1: expected speedup of speculative decoding with acceptance
-/// rate `alpha`, `gamma` drafts per step and draft/target cost ratio `c`:
-/// (1 − α^(γ+1)) / ((1 − α)(γc + 1)).
-pub(crate) fn leviathan_speedup(alpha: f64, gamma: usize, c: f64) -> f64 {
-    let expected = if alpha >= 1.0 {
-        (gamma + 1) as f64
-    } else {
-        (1.0 - alpha.powi(gamma as i32 + 1)) / (1.0 - alpha)
-    };
-    expected / (gamma as f64 * c + 1.0)
-}
-
-/// The same with the measured step times (a verify step costs `t_verify`, not one decode
-/// step): t_target · E / (γ · t_draft + t_verify).
+/// Leviathan et al.'s speedup ([`leviathan_speedup`]) with the measured step times (a verify
+/// step costs `t_verify`, not one decode step): t_target · E / (γ · t_draft + t_verify).
 fn measured_speedup(alpha: f64, gamma: usize, t_draft: f64, t_target: f64, t_verify: f64) -> f64 {
-    let expected = if alpha >= 1.0 {
-        (gamma + 1) as f64
-    } else {
-        (1.0 - alpha.powi(gamma as i32 + 1)) / (1.0 - alpha)
-    };
+    // Expected tokens per step: the speedup with free drafts (c = 0).
+    let expected = leviathan_speedup(alpha, gamma, 0.0);
     t_target * expected / (gamma as f64 * t_draft + t_verify)
 }
 
@@ -146,7 +135,7 @@ fn model_steps(
         decode = Some(s);
         Ok(Outcome::new(
             Status::Info,
-            format!("{}{text}", s.ms()),
+            format!("{}{text}", ms(&s)),
             json!({ "ms": to_json(&s), "bytes_per_token": bytes, "floor": f,
                     "context": prompt.len(), "graphs": to_json(&m.graph_stats()) }),
         ))
@@ -161,7 +150,7 @@ fn model_steps(
                 let s = s?;
                 Ok(Outcome::new(
                     Status::Info,
-                    s.ms(),
+                    ms(&s),
                     json!({ "ms": to_json(&s) }),
                 ))
             },
@@ -176,7 +165,7 @@ fn model_steps(
             verify = Some(s);
             Ok(Outcome::new(
                 Status::Info,
-                format!("{}{text}", s.ms()),
+                format!("{}{text}", ms(&s)),
                 json!({ "ms": to_json(&s), "floor": f }),
             ))
         },
@@ -187,7 +176,7 @@ fn model_steps(
         let s = time_forward(m.lm(), &ids, 1, env.pick(3, 1))?;
         Ok(Outcome::new(
             Status::Info,
-            format!("{} ({:.0} tokens/s)", s.ms(), 128.0 / (s.median * 1e-3)),
+            format!("{} ({:.0} tokens/s)", ms(&s), 128.0 / (s.median * 1e-3)),
             json!({ "ms": to_json(&s), "tokens": 128 }),
         ))
     });
@@ -208,7 +197,7 @@ pub(crate) fn timing(env: &Env, rec: &mut Recorder) {
             format!(
                 "{gbps:.0} GB/s (read + write) copying {:.2} GB: {}",
                 bytes as f64 / 1e9,
-                s.ms()
+                ms(&s)
             ),
             json!({ "gb_per_s": gbps, "bytes": bytes, "ms": to_json(&s) }),
         ))
@@ -310,7 +299,7 @@ pub(crate) fn timing(env: &Env, rec: &mut Recorder) {
             last = Some(sp.stats);
         }
         let stats = last.ok_or_else(|| anyhow::anyhow!("no run"))?;
-        let (a, s, d) = (Summary::of(&ar_tpot)?, Summary::of(&spec_tpot)?, Summary::of(&draft_tpot)?);
+        let (a, s, d) = (summarize(&ar_tpot)?, summarize(&spec_tpot)?, summarize(&draft_tpot)?);
         let alpha = stats.acceptance_rate.unwrap_or(0.0);
         let predicted = leviathan_speedup(alpha, GAMMA, c);
         Ok(Outcome::new(

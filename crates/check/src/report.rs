@@ -4,12 +4,26 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use spedec_neox::source::write_atomic;
+use spedec_report::{write_atomic, Summary};
+
+/// Where progress lines go, one call per line: the CLI prints them; a test may collect them.
+pub type Lines = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Median and range of measurements (an error for none).
+pub fn summarize(values: &[f64]) -> Result<Summary> {
+    Summary::of(values).ok_or_else(|| anyhow::anyhow!("no measurements"))
+}
+
+/// "1.234 ms [1.200–1.300, n=20]" of a summary in milliseconds.
+pub fn ms(s: &Summary) -> String {
+    format!("{:.3} ms [{:.3}–{:.3}, n={}]", s.median, s.min, s.max, s.n)
+}
 
 /// Verdict of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,17 +109,18 @@ pub fn section_path(out: &Path, section: &str) -> PathBuf {
     out.join(format!("gpu-check-{section}.json"))
 }
 
-/// Collects the checks of one section, printing each line as it comes and rewriting the
+/// Collects the checks of one section, passing each line on as it comes and rewriting the
 /// section's JSON file after each.
 pub struct Recorder {
     path: PathBuf,
     start: Instant,
     report: SectionReport,
+    lines: Lines,
 }
 
 impl Recorder {
     /// Start `section`, writing to `out/gpu-check-<section>.json`.
-    pub fn new(out: &Path, section: &str, device: &str) -> Result<Self> {
+    pub fn new(out: &Path, section: &str, device: &str, lines: Lines) -> Result<Self> {
         std::fs::create_dir_all(out)
             .with_context(|| format!("cannot create the output folder {}", out.display()))?;
         let rec = Recorder {
@@ -118,8 +133,9 @@ impl Recorder {
                 seconds: 0.0,
                 checks: Vec::new(),
             },
+            lines,
         };
-        println!("== {section} ({device})");
+        (rec.lines)(&format!("== {section} ({device})"));
         rec.save()?;
         Ok(rec)
     }
@@ -153,19 +169,19 @@ impl Recorder {
             data: outcome.data,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        println!(
+        (self.lines)(&format!(
             "[{}] {}: {} — {} ({:.1} s)",
             check.status.label(),
             check.section,
             check.name,
             check.detail,
             check.seconds
-        );
+        ));
         let status = check.status;
         self.report.checks.push(check);
         self.report.seconds = self.start.elapsed().as_secs_f64();
         if let Err(e) = self.save() {
-            eprintln!("warning: cannot write {}: {e:#}", self.path.display());
+            log::warn!("cannot write {}: {e:#}", self.path.display());
         }
         status
     }
@@ -273,4 +289,17 @@ pub fn summary_table(m: &Merged) -> String {
         }
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_of_measurements() {
+        let s = summarize(&[3.0, 1.0, 2.0, 10.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max, s.n), (2.5, 1.0, 10.0, 4));
+        assert_eq!(ms(&s), "2.500 ms [1.000–10.000, n=4]");
+        assert!(summarize(&[]).is_err());
+    }
 }

@@ -5,9 +5,10 @@
 use std::io::Write;
 
 use half::f16;
-use spedec_cuda::{
-    check, gpu_available, AttnScratch, AttnShape, GpuContext, LayerNormOut, LinearOut,
-};
+use std::sync::Arc;
+
+use spedec_check::kernels;
+use spedec_cuda::{gpu_available, AttnScratch, AttnShape, GpuContext, LayerNormOut, LinearOut};
 
 fn visible(msg: &str) {
     let _ = writeln!(std::io::stderr(), "{msg}");
@@ -30,11 +31,11 @@ fn kernels_match_the_cpu_reference() {
     for r in gpu.resources() {
         visible(&format!("  {r}"));
     }
-    let results = check::run_checks(&gpu, &check::CheckOptions::default())
+    let results = kernels::run_checks(&Arc::new(gpu), &kernels::CheckOptions::default())
         .unwrap_or_else(|e| panic!("{e:#}"));
-    visible(&check::format_table(&results));
+    visible(&kernels::format_table(&results));
     assert!(
-        check::all_passed(&results),
+        kernels::all_passed(&results),
         "some kernel checks failed (table above)"
     );
 }

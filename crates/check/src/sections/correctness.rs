@@ -1,15 +1,16 @@
 //! The correctness sections of `spedec gpu-check`: kernels, logits, consistency, speculative.
 
-use std::path::{Path, PathBuf};
-
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use serde_json::{json, Value};
-use spedec_cuda::check::{all_passed, format_table, run_checks, CheckOptions};
-use spedec_neox::{Config, CpuModel, Isa, Tokenizer, Weights};
+use spedec_neox::{Config, CpuModel, Isa, Lm, Tokenizer, Weights};
 use spedec_speculative::{generate_autoregressive, generate_speculative, GenConfig, Sampler};
 
-use super::report::{Outcome, Recorder, Status};
-use super::{compare, diff_outcome, skipped, test_tokens, to_json, Env, Model, LOGIT_TOL};
+use crate::compare::{compare, diff_outcome, skipped, to_json};
+use crate::env::{test_tokens, Env, Model};
+use crate::fixtures::{fixture_dirs, read_golden};
+use crate::kernels::{all_passed, format_table, run_checks, CheckOptions};
+use crate::report::{Outcome, Recorder, Status};
+use crate::LOGIT_TOL;
 
 /// The prompt of the speculative checks.
 pub(crate) const PROMPT: &str =
@@ -22,16 +23,16 @@ pub(crate) fn kernels(env: &Env, rec: &mut Recorder) {
         return;
     };
     rec.check("kernel self-check (70m, 2.8b shapes; M = 1, 5, 16)", || {
-        println!("{}", gpu.describe());
+        env.say(&gpu.describe());
         for r in gpu.resources() {
-            println!("  {r}");
+            env.say(&format!("  {r}"));
         }
         let opts = CheckOptions {
             timing_reps: env.pick(10, 3),
             ..CheckOptions::default()
         };
         let results = run_checks(&gpu, &opts)?;
-        println!("{}", format_table(&results));
+        env.say(format_table(&results).trim_end());
         let failed = results.iter().filter(|r| !r.pass).count();
         let rows: Vec<Value> = results
             .iter()
@@ -51,50 +52,6 @@ pub(crate) fn kernels(env: &Env, rec: &mut Recorder) {
                     "results": rows }),
         ))
     });
-}
-
-/// Fixture folders: subfolders of `dir` with config.json and model.safetensors, sorted.
-fn fixture_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the fixture folder {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("config.json").is_file() && p.join("model.safetensors").is_file())
-        .collect();
-    out.sort();
-    ensure!(!out.is_empty(), "no fixture model under {}", dir.display());
-    Ok(out)
-}
-
-/// (input ids, HF logits) from a fixture's golden.safetensors.
-fn read_golden(path: &Path) -> Result<(Vec<u32>, Vec<f32>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let ids = st
-        .tensor("input_ids")
-        .map_err(|e| anyhow::anyhow!("input_ids: {e}"))?;
-    ensure!(
-        ids.dtype() == safetensors::Dtype::I64,
-        "input_ids must be I64"
-    );
-    let ids = ids
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as u32)
-        .collect();
-    let logits = st
-        .tensor("logits")
-        .map_err(|e| anyhow::anyhow!("logits: {e}"))?;
-    ensure!(
-        logits.dtype() == safetensors::Dtype::F32,
-        "logits must be F32"
-    );
-    let logits = logits
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    Ok((ids, logits))
 }
 
 /// (b) CUDA vs CPU logits on the fixtures (and vs their HF goldens) and on the draft model.

@@ -7,14 +7,16 @@
 //! rows 0 and 4 of an M = 5 call must be bit-identical to M = 1 calls on those rows alone.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
 use half::f16;
 
-use crate::backend::{GpuBackend, KernelBackend, LinDest};
-use crate::context::GpuContext;
-use crate::ops::AttnShape;
+use spedec_cuda::{AttnShape, GpuBackend, GpuContext, LinDest};
+
+use crate::backend::CheckBackend;
+use crate::compare::compare;
 use crate::reference::{self as cpu, Act};
 
 /// Geometry of a model under test.
@@ -207,45 +209,6 @@ fn to_f32(v: &[f16]) -> Vec<f32> {
     v.iter().map(|x| x.to_f32()).collect()
 }
 
-struct Diff {
-    max_abs: f64,
-    max_rel: f64,
-    pass: bool,
-    first_bad: Option<usize>,
-}
-
-fn diff(got: &[f32], want: &[f32], atol: f64, rtol: f64) -> Diff {
-    let mut d = Diff {
-        max_abs: 0.0,
-        max_rel: 0.0,
-        pass: got.len() == want.len(),
-        first_bad: None,
-    };
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let (g, w) = (g as f64, w as f64);
-        let ok = if w.is_nan() {
-            g.is_nan()
-        } else if g.is_nan() || g.is_infinite() != w.is_infinite() {
-            false
-        } else {
-            let a = if g == w { 0.0 } else { (g - w).abs() };
-            d.max_abs = d.max_abs.max(a);
-            if w != 0.0 {
-                d.max_rel = d.max_rel.max(a / w.abs());
-            }
-            a <= atol + rtol * w.abs()
-        };
-        if !ok {
-            if g.is_nan() {
-                d.max_abs = f64::NAN;
-            }
-            d.pass = false;
-            d.first_bad.get_or_insert(i);
-        }
-    }
-    d
-}
-
 #[allow(clippy::too_many_arguments)]
 fn result(
     name: &str,
@@ -257,19 +220,27 @@ fn result(
     time_us: Option<f64>,
     note: String,
 ) -> CheckResult {
-    let d = diff(got, want, atol, rtol);
     let mut note = note;
-    if let Some(i) = d.first_bad {
-        let _ = write!(note, " first bad [{i}]: gpu {} ref {}", got[i], want[i]);
-    }
+    let (max_abs, max_rel, pass) = match compare(got, want, got.len().max(1), atol, rtol) {
+        Ok(d) => {
+            if let Some(i) = d.first_bad {
+                let _ = write!(note, " first bad [{i}]: gpu {} ref {}", got[i], want[i]);
+            }
+            (d.max_abs, d.max_rel, d.pass)
+        }
+        Err(e) => {
+            let _ = write!(note, " {e}");
+            (f64::NAN, f64::NAN, false)
+        }
+    };
     CheckResult {
         name: name.to_string(),
         shape,
-        max_abs: d.max_abs,
-        max_rel: d.max_rel,
+        max_abs,
+        max_rel,
         atol,
         rtol,
-        pass: d.pass,
+        pass,
         time_us,
         note: note.trim().to_string(),
     }
@@ -304,7 +275,7 @@ fn bits_f16(v: &[f16]) -> Vec<u16> {
 }
 
 /// Mean time of `f` over `reps` launches after one warm-up, in µs (None when not timed).
-fn time_it<B: KernelBackend>(
+fn time_it<B: CheckBackend>(
     b: &mut B,
     reps: usize,
     mut f: impl FnMut(&mut B) -> Result<()>,
@@ -323,12 +294,12 @@ fn time_it<B: KernelBackend>(
 }
 
 /// Run every check on a GPU. Errors only on driver failures; numerical failures are results.
-pub fn run_checks(gpu: &GpuContext, opts: &CheckOptions) -> Result<Vec<CheckResult>> {
-    run_checks_on(&mut GpuBackend::new(gpu), opts)
+pub fn run_checks(gpu: &Arc<GpuContext>, opts: &CheckOptions) -> Result<Vec<CheckResult>> {
+    run_checks_on(&mut GpuBackend::new(gpu.clone(), false), opts)
 }
 
 /// Run every check on any backend (the GPU, or the host emulation in the tests).
-pub fn run_checks_on<B: KernelBackend>(b: &mut B, opts: &CheckOptions) -> Result<Vec<CheckResult>> {
+pub fn run_checks_on<B: CheckBackend>(b: &mut B, opts: &CheckOptions) -> Result<Vec<CheckResult>> {
     ensure!(
         opts.rows.iter().all(|&m| (1..=16).contains(&m)),
         "rows must be in 1..=16"
@@ -348,7 +319,7 @@ pub fn run_checks_on<B: KernelBackend>(b: &mut B, opts: &CheckOptions) -> Result
     Ok(out)
 }
 
-fn check_embedding<B: KernelBackend>(
+fn check_embedding<B: CheckBackend>(
     b: &mut B,
     rng: &mut Rng,
     model: &ModelShape,
@@ -383,7 +354,7 @@ fn check_embedding<B: KernelBackend>(
     Ok(())
 }
 
-struct LnParams<B: KernelBackend> {
+struct LnParams<B: CheckBackend> {
     d: usize,
     w0: B::Buf<f16>,
     b0: B::Buf<f16>,
@@ -393,7 +364,7 @@ struct LnParams<B: KernelBackend> {
 }
 
 /// Runs add_layernorm on m rows with both adds and both norms; returns (x after, ln1, ln2).
-fn run_ln<B: KernelBackend>(
+fn run_ln<B: CheckBackend>(
     b: &mut B,
     p: &LnParams<B>,
     x: &[f32],
@@ -421,7 +392,7 @@ fn run_ln<B: KernelBackend>(
     Ok((b.download(&xd)?, b.download(&o0)?, b.download(&o1)?))
 }
 
-fn check_layernorm<B: KernelBackend>(
+fn check_layernorm<B: CheckBackend>(
     b: &mut B,
     rng: &mut Rng,
     model: &ModelShape,
@@ -542,7 +513,7 @@ struct LinSpec {
     bias: bool,
 }
 
-struct LinParams<B: KernelBackend> {
+struct LinParams<B: CheckBackend> {
     w: B::Buf<f16>,
     bias: Option<B::Buf<f16>>,
     w_f: Vec<f32>,
@@ -550,7 +521,7 @@ struct LinParams<B: KernelBackend> {
 }
 
 /// Runs linear for m rows; returns the raw output bits, its f32 values and a timing.
-fn run_linear<B: KernelBackend>(
+fn run_linear<B: CheckBackend>(
     b: &mut B,
     s: &LinSpec,
     p: &LinParams<B>,
@@ -599,7 +570,7 @@ fn run_linear<B: KernelBackend>(
     }
 }
 
-fn check_linears<B: KernelBackend>(
+fn check_linears<B: CheckBackend>(
     b: &mut B,
     rng: &mut Rng,
     model: &ModelShape,
@@ -719,7 +690,7 @@ fn check_linears<B: KernelBackend>(
     Ok(())
 }
 
-fn check_rotary<B: KernelBackend>(
+fn check_rotary<B: CheckBackend>(
     b: &mut B,
     rng: &mut Rng,
     model: &ModelShape,
@@ -803,7 +774,7 @@ fn check_rotary<B: KernelBackend>(
     Ok(())
 }
 
-struct AttnParams<B: KernelBackend> {
+struct AttnParams<B: CheckBackend> {
     shape: AttnShape,
     k: B::Buf<f16>,
     v: B::Buf<f16>,
@@ -811,7 +782,7 @@ struct AttnParams<B: KernelBackend> {
     v_f: Vec<f32>,
 }
 
-fn run_attention<B: KernelBackend>(
+fn run_attention<B: CheckBackend>(
     b: &mut B,
     a: &AttnParams<B>,
     q: &[f16],
@@ -824,7 +795,7 @@ fn run_attention<B: KernelBackend>(
     let qd = b.upload(q)?;
     let pd = b.upload(&pos_i)?;
     let mut o = b.poisoned::<f16>(m * shape.hidden())?;
-    b.poison_attention_scratch()?;
+    b.poison_attention_scratch(shape)?;
     b.attention(&qd, &a.k, &a.v, &pd, &mut o, m, shape)?;
     let got = b.download(&o)?;
     let t = time_it(b, reps, |b| {
@@ -833,7 +804,7 @@ fn run_attention<B: KernelBackend>(
     Ok((got, t))
 }
 
-fn check_attention<B: KernelBackend>(
+fn check_attention<B: CheckBackend>(
     b: &mut B,
     rng: &mut Rng,
     model: &ModelShape,
@@ -901,7 +872,7 @@ fn check_attention<B: KernelBackend>(
     Ok(())
 }
 
-fn check_vocab<B: KernelBackend>(
+fn check_vocab<B: CheckBackend>(
     b: &mut B,
     rng: &mut Rng,
     v: usize,
@@ -968,14 +939,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn diff_reports_largest_and_nan() {
-        let d = diff(&[1.0, 2.0, 3.5], &[1.0, 2.1, 3.0], 0.2, 0.0);
-        assert!(!d.pass);
-        assert!((d.max_abs - 0.5).abs() < 1e-9);
-        assert_eq!(d.first_bad, Some(2));
-        let n = diff(&[f32::NAN], &[1.0], 1.0, 1.0);
-        assert!(!n.pass && n.max_abs.is_nan());
-        assert!(diff(&[1.0005], &[1.0], 0.0, 1e-3).pass);
+    fn results_name_the_first_bad_element() {
+        let r = result(
+            "x",
+            "s".into(),
+            &[1.0, 2.0, 3.5],
+            &[1.0, 2.1, 3.0],
+            0.2,
+            0.0,
+            None,
+            String::new(),
+        );
+        assert!(!r.pass && (r.max_abs - 0.5).abs() < 1e-6);
+        assert!(r.note.contains("first bad [2]"), "{}", r.note);
+        let r = result(
+            "x",
+            "s".into(),
+            &[1.0],
+            &[1.0, 2.0],
+            1.0,
+            1.0,
+            None,
+            String::new(),
+        );
+        assert!(!r.pass && r.note.contains("shape mismatch"), "{}", r.note);
     }
 
     #[test]

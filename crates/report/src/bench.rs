@@ -1,0 +1,271 @@
+//! The report of `spedec bench` (`--json FILE`): small (draft alone), target (alone) and
+//! speculative decoding, each with TTFT and TPOT in milliseconds and throughput in tokens/s
+//! (median and range over prompts × measured runs), the speculative statistics and the
+//! speedups; and the tables both `spedec` and `cargo xtask bench` print from it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{fmt_opt, Machine, Summary};
+
+/// The three modes of the seed study.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchMode {
+    /// The draft model alone, autoregressive.
+    Small,
+    /// The target model alone, autoregressive.
+    Target,
+    /// Speculative decoding (draft proposes, target verifies).
+    Spec,
+}
+
+/// Leviathan et al.'s expected speedup for acceptance rate `alpha`, draft length `gamma` and
+/// draft/target cost ratio `c`.
+pub fn leviathan_speedup(alpha: f64, gamma: usize, c: f64) -> f64 {
+    let tokens_per_step = if (1.0 - alpha).abs() < 1e-12 {
+        (gamma + 1) as f64
+    } else {
+        (1.0 - alpha.powi(gamma as i32 + 1)) / (1.0 - alpha)
+    };
+    tokens_per_step / (gamma as f64 * c + 1.0)
+}
+
+/// Results of one mode. `R` is the type of one run's statistics: spedec's own, or any JSON
+/// value for readers that only pass them on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModeReport<R = serde_json::Value> {
+    pub mode: BenchMode,
+    /// Time to first token, ms.
+    pub ttft_ms: Option<Summary>,
+    /// Time per output token after the first, ms.
+    pub tpot_ms: Option<Summary>,
+    /// New tokens per second of a run's total time.
+    pub throughput_tok_s: Option<Summary>,
+    /// Speculative only: accepted / drafted over all measured runs.
+    pub acceptance_rate: Option<f64>,
+    /// Speculative only: tokens emitted per verify step (bonus token counted).
+    pub mean_accepted_length: Option<f64>,
+    /// Speculative only: acceptance rate of draft position i.
+    #[serde(default)]
+    pub acceptance_per_position: Vec<Option<f64>>,
+    /// Speculative only: verify steps by accepted drafts, 0..=γ.
+    #[serde(default)]
+    pub accepted_length_histogram: Vec<usize>,
+    /// Seconds spent in draft forward / target forward / sampling / prefill, summed over
+    /// measured runs.
+    #[serde(default)]
+    pub draft_s: f64,
+    #[serde(default)]
+    pub target_s: f64,
+    #[serde(default)]
+    pub sampling_s: f64,
+    #[serde(default)]
+    pub prefill_s: f64,
+    /// Every measured run's statistics, for later analysis.
+    #[serde(default = "Vec::new")]
+    pub runs: Vec<R>,
+}
+
+/// The whole benchmark report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport<R = serde_json::Value> {
+    pub gamma: usize,
+    pub max_new_tokens: usize,
+    pub runs: usize,
+    pub warmup: usize,
+    pub prompts: Vec<String>,
+    /// Small, target and spec, in that order.
+    pub modes: Vec<ModeReport<R>>,
+    /// Median target TPOT / median spec TPOT.
+    pub speedup_tpot: Option<f64>,
+    /// Median spec throughput / median target throughput.
+    pub speedup_throughput: Option<f64>,
+    /// Draft/target cost ratio c = median small TPOT / median target TPOT.
+    pub cost_ratio: Option<f64>,
+    /// Leviathan et al. (2023): (1 − α^(γ+1)) / ((1 − α)(γc + 1)), with α the measured
+    /// acceptance rate.
+    pub predicted_speedup: Option<f64>,
+    /// The target model as given (a folder or a synthetic spec).
+    #[serde(default)]
+    pub target: String,
+    /// The draft model as given.
+    #[serde(default)]
+    pub draft: String,
+    #[serde(flatten)]
+    pub machine: Machine,
+}
+
+impl<R> BenchReport<R> {
+    /// The report of `mode`, if measured.
+    pub fn mode(&self, mode: BenchMode) -> Option<&ModeReport<R>> {
+        self.modes.iter().find(|m| m.mode == mode)
+    }
+
+    /// The median TPOT (ms) of `mode`.
+    pub fn median_tpot_ms(&self, mode: BenchMode) -> Option<f64> {
+        self.mode(mode)?.tpot_ms.map(|s| s.median)
+    }
+
+    /// The seed study's speed table (TTFT and TPOT in ms, throughput in tokens/s; cells are
+    /// median (min–max)) and the table of speculative statistics, in markdown; `target` and
+    /// `draft` label the rows.
+    pub fn tables(&self, target: &str, draft: &str) -> String {
+        let cell = |s: Option<Summary>| s.map_or("—".to_string(), |s| s.cell(2));
+        let mut out = String::from(
+            "| model / mode | TTFT (ms) | TPOT (ms) | throughput (tokens/s) |\n|---|---|---|---|\n",
+        );
+        for (mode, label) in [
+            (BenchMode::Small, format!("{draft} (small)")),
+            (BenchMode::Target, format!("{target} (target)")),
+            (BenchMode::Spec, "speculative decoding (spec)".to_string()),
+        ] {
+            let m = self.mode(mode);
+            out += &format!(
+                "| {label} | {} | {} | {} |\n",
+                cell(m.and_then(|m| m.ttft_ms)),
+                cell(m.and_then(|m| m.tpot_ms)),
+                cell(m.and_then(|m| m.throughput_tok_s))
+            );
+        }
+        let spec = self.mode(BenchMode::Spec);
+        let times = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.3}×"));
+        let per_pos: Vec<String> = spec
+            .map(|s| {
+                s.acceptance_per_position
+                    .iter()
+                    .map(|v| fmt_opt(*v, 3))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let histogram: Vec<String> = spec
+            .map(|s| {
+                s.accepted_length_histogram
+                    .iter()
+                    .map(usize::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rows = [
+            ("speedup, TPOT (target / spec)", times(self.speedup_tpot)),
+            (
+                "speedup, throughput (spec / target)",
+                times(self.speedup_throughput),
+            ),
+            (
+                "acceptance rate α (accepted / drafted)",
+                fmt_opt(spec.and_then(|s| s.acceptance_rate), 3),
+            ),
+            (
+                "mean accepted length (tokens per verify step)",
+                fmt_opt(spec.and_then(|s| s.mean_accepted_length), 3),
+            ),
+            ("acceptance by draft position 1..γ", per_pos.join(", ")),
+            ("verify steps by accepted drafts 0..γ", histogram.join(", ")),
+            (
+                "cost ratio c (small TPOT / target TPOT)",
+                fmt_opt(self.cost_ratio, 4),
+            ),
+            (
+                "predicted speedup (Leviathan et al., from α, γ, c)",
+                times(self.predicted_speedup),
+            ),
+        ];
+        out += "\n| statistic | value |\n|---|---|\n";
+        for (name, value) in rows {
+            out += &format!("| {name} | {value} |\n");
+        }
+        let parts = spec.map_or([0.0; 4], |s| {
+            [s.draft_s, s.target_s, s.sampling_s, s.prefill_s]
+        });
+        let sum: f64 = parts.iter().sum();
+        if sum > 0.0 {
+            let pct: Vec<String> = parts
+                .iter()
+                .map(|p| format!("{:.0}%", 100.0 * p / sum))
+                .collect();
+            out += &format!(
+                "| spec time: draft / verify / sampling / prefill | {} |\n",
+                pct.join(" / ")
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn summary(median: f64, min: f64, max: f64) -> serde_json::Value {
+        json!({"median": median, "min": min, "max": max, "n": 4})
+    }
+
+    /// A report as an older spedec wrote it (no structured machine fields).
+    fn report() -> serde_json::Value {
+        let mode = |name: &str, ttft: f64, alpha: Option<f64>| {
+            json!({"mode": name, "ttft_ms": summary(ttft, ttft - 2.5, ttft + 7.5),
+                   "tpot_ms": summary(9.0, 8.5, 9.5), "throughput_tok_s": summary(111.0, 100.0, 115.0),
+                   "acceptance_rate": alpha, "mean_accepted_length": alpha.map(|_| 2.5),
+                   "acceptance_per_position": if alpha.is_some() { json!([0.8, null]) } else { json!([]) },
+                   "accepted_length_histogram": if alpha.is_some() { json!([1, 2, 3]) } else { json!([]) },
+                   "draft_s": 2.0, "target_s": 6.0, "sampling_s": 1.0, "prefill_s": 1.0,
+                   "runs": [{"new_tokens": 8}]})
+        };
+        json!({
+            "gamma": 2, "max_new_tokens": 8, "runs": 1, "warmup": 0, "prompts": ["a"],
+            "modes": [mode("small", 12.5, None), mode("target", 1406.1, None), mode("spec", 957.0, Some(0.75))],
+            "speedup_tpot": 2.491, "speedup_throughput": null, "cost_ratio": 0.0337,
+            "predicted_speedup": 1.5, "target": "t", "draft": "d",
+            "machine": "AMD EPYC, 2 threads (CPU)"
+        })
+    }
+
+    #[test]
+    fn reports_read_old_json_and_write_it_back_with_the_machine_fields() {
+        let r: BenchReport = serde_json::from_value(report()).unwrap();
+        assert_eq!(r.machine.description, "AMD EPYC, 2 threads (CPU)");
+        assert_eq!(r.median_tpot_ms(BenchMode::Target), Some(9.0));
+        let back = serde_json::to_value(&r).unwrap();
+        let mut want = report();
+        for (k, v) in [
+            ("cpu", json!("")),
+            ("cpu_threads", json!(0)),
+            ("device", json!("cpu")),
+        ] {
+            want[k] = v;
+        }
+        assert_eq!(back, want);
+    }
+
+    #[test]
+    fn leviathan_formula_limits() {
+        // α = 0: one token per step, slowed by the draft's cost.
+        assert!((leviathan_speedup(0.0, 4, 0.05) - 1.0 / 1.2).abs() < 1e-12);
+        // α = 1: γ + 1 tokens per step.
+        assert!((leviathan_speedup(1.0, 4, 0.0) - 5.0).abs() < 1e-12);
+        // α = 0.5, γ = 2, c = 0: 1 + 0.5 + 0.25.
+        assert!((leviathan_speedup(0.5, 2, 0.0) - 1.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn tables_use_ms_for_ttft_and_tpot() {
+        let r: BenchReport = serde_json::from_value(report()).unwrap();
+        let md = r.tables("pythia-2.8b", "pythia-70m");
+        for needle in [
+            "| model / mode | TTFT (ms) | TPOT (ms) | throughput (tokens/s) |",
+            "| pythia-70m (small) | 12.50 (10.00–20.00) | 9.00 (8.50–9.50) | 111.00 (100.00–115.00) |",
+            "| pythia-2.8b (target) | 1406.10 (1403.60–1413.60) |",
+            "| speedup, TPOT (target / spec) | 2.491× |",
+            "| speedup, throughput (spec / target) | — |",
+            "| acceptance rate α (accepted / drafted) | 0.750 |",
+            "| acceptance by draft position 1..γ | 0.800, — |",
+            "| verify steps by accepted drafts 0..γ | 1, 2, 3 |",
+            "| cost ratio c (small TPOT / target TPOT) | 0.0337 |",
+            "| predicted speedup (Leviathan et al., from α, γ, c) | 1.500× |",
+            "| spec time: draft / verify / sampling / prefill | 20% / 60% / 10% / 10% |",
+        ] {
+            assert!(md.contains(needle), "`{needle}` missing from:\n{md}");
+        }
+    }
+}
