@@ -2,6 +2,7 @@
 //! forward, and (feature `cuda`, on by default) the CUDA forward. Both models implement
 //! [`Lm`], the engine's one model interface (from `spedec-lm`, re-exported here).
 
+pub mod checkpoint;
 pub mod config;
 pub mod cpu;
 #[cfg(feature = "cuda")]

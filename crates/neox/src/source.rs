@@ -1,7 +1,9 @@
 //! Where a model comes from: a Hugging Face folder or `synthetic:<pythia-name>[:dtype][:seed=N]`.
 //!
-//! A folder holds `config.json`, `model.safetensors` and `tokenizer.json`. A synthetic spec
-//! gives seeded random weights of an exact Pythia shape and the embedded Pythia tokenizer.
+//! A folder holds `config.json`, `tokenizer.json` and the weights: `model.safetensors`, or a
+//! sharded set (`model.safetensors.index.json` and its shards; see [`crate::checkpoint`]). A
+//! synthetic spec gives seeded random weights of an exact Pythia shape and the embedded Pythia
+//! tokenizer.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +11,7 @@ use anyhow::{bail, Context, Result};
 
 pub use spedec_report::write_atomic;
 
+use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::synthetic::{synthetic_weights, SyntheticSpec};
 use crate::tokenizer::Tokenizer;
@@ -35,28 +38,26 @@ impl ModelFiles {
     /// Loads a Hugging Face model folder.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
+            let what = if dir.exists() {
+                "is not a folder"
+            } else {
+                "does not exist"
+            };
             bail!(
-                "model folder {} does not exist (expected a folder with config.json, \
-                 model.safetensors and tokenizer.json, or synthetic:pythia-70m)",
+                "model folder {} {what} (expected a folder with config.json, model.safetensors \
+                 and tokenizer.json, or synthetic:pythia-70m)",
                 dir.display()
             );
         }
         let file = |name: &str| -> Result<PathBuf> {
             let path = dir.join(name);
             if !path.is_file() {
-                if name == "model.safetensors" && dir.join("model.safetensors.index.json").is_file()
-                {
-                    bail!(
-                        "{}: sharded checkpoints are not supported yet",
-                        dir.display()
-                    );
-                }
                 bail!("missing {} in model folder {}", name, dir.display());
             }
             Ok(path)
         };
         let config = Config::from_file(&file("config.json")?)?;
-        let weights = Weights::load(&file("model.safetensors")?, &config)?;
+        let weights = Weights::from_checkpoint(&Checkpoint::find(dir)?, &config)?;
         let tokenizer = Tokenizer::from_file(&file("tokenizer.json")?)?;
         Ok(ModelFiles {
             name: dir.display().to_string(),

@@ -1,8 +1,13 @@
-//! Model parameters from `model.safetensors`, memory-mapped and kept in their stored dtype.
+//! Model parameters from `model.safetensors` (or the shards of a sharded checkpoint),
+//! memory-mapped and kept in their stored dtype.
 //!
 //! Matrices (`[out_features, in_features]`, row-major, as PyTorch stores `Linear.weight`) stay
 //! f32, f16 or bf16 exactly as on disk and are widened to f32 inside the matmul kernels, so a
 //! 2.8b model occupies 5.6 GB, not 11 GB. Small vectors (LayerNorm, biases) become `Vec<f32>`.
+//!
+//! Every file's header is checked by [`crate::checkpoint::check_header`] first, every tensor
+//! against the config's shapes, and every value for NaN / infinity (an error naming the
+//! tensor and the element: such weights would only surface later as NaN logits).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,8 +15,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
+use rayon::prelude::*;
 use safetensors::{Dtype as StDtype, SafeTensors};
 
+use crate::checkpoint::{check_header, Checkpoint, ShardIndex};
 use crate::config::Config;
 
 /// Storage dtype of a weight matrix.
@@ -61,6 +68,8 @@ impl Dtype {
 /// Bytes that back weight matrices: a memory-mapped file or an owned buffer.
 pub(crate) enum Storage {
     Mapped(Mmap),
+    /// A whole safetensors file read into memory.
+    OwnedBytes(Vec<u8>),
     /// Raw little-endian 16-bit elements (f16 or bf16).
     Owned16(Vec<u16>),
     OwnedF32(Vec<f32>),
@@ -70,6 +79,7 @@ impl Storage {
     fn bytes(&self) -> &[u8] {
         match self {
             Storage::Mapped(m) => m,
+            Storage::OwnedBytes(v) => v,
             Storage::Owned16(v) => {
                 // SAFETY: u16 has no padding; any byte view of it is valid and aligned for u8.
                 unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), v.len() * 2) }
@@ -233,33 +243,105 @@ fn is_non_parameter(name: &str) -> bool {
         || name.ends_with(".attention.rotary_emb.inv_freq")
 }
 
+/// Memory-maps `path` read-only.
+fn map(path: &Path) -> Result<Arc<Storage>> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open weights file {}", path.display()))?;
+    // SAFETY: the file is opened read-only; like every mmap-based loader we assume it is not
+    // truncated by another process while mapped.
+    let mmap = unsafe { Mmap::map(&file) }
+        .with_context(|| format!("cannot memory-map {}", path.display()))?;
+    Ok(Arc::new(Storage::Mapped(mmap)))
+}
+
+/// Parses one safetensors file after checking its header.
+fn parse(bytes: &[u8]) -> Result<SafeTensors<'_>> {
+    check_header(bytes).context("not a valid safetensors file (truncated or corrupt?)")?;
+    SafeTensors::deserialize(bytes)
+        .map_err(|e| anyhow::anyhow!("not a valid safetensors file (truncated or corrupt?): {e}"))
+}
+
 impl Weights {
     /// Memory-maps `path` and checks every parameter against `config`.
     pub fn load(path: &Path, config: &Config) -> Result<Self> {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("cannot open weights file {}", path.display()))?;
-        // SAFETY: the file is opened read-only; like every mmap-based loader we assume it is not
-        // truncated by another process while mapped.
-        let mmap = unsafe { Mmap::map(&file) }
-            .with_context(|| format!("cannot memory-map {}", path.display()))?;
-        let storage = Arc::new(Storage::Mapped(mmap));
-        Self::from_storage(storage, config)
+        let storage = map(path)?;
+        Self::from_storages(&[storage], config, None)
             .with_context(|| format!("invalid weights file {}", path.display()))
     }
 
-    fn from_storage(storage: Arc<Storage>, config: &Config) -> Result<Self> {
-        let bytes = storage.bytes();
-        let tensors = SafeTensors::deserialize(bytes).map_err(|e| {
-            anyhow::anyhow!("not a valid safetensors file (truncated or corrupt?): {e}")
-        })?;
+    /// The weights in `bytes`, a whole safetensors file held in memory (checked like a file).
+    pub fn from_bytes(bytes: Vec<u8>, config: &Config) -> Result<Self> {
+        Self::from_storages(&[Arc::new(Storage::OwnedBytes(bytes))], config, None)
+    }
+
+    /// Memory-maps every shard of `index` and checks every parameter against `config`; each
+    /// tensor must be in the shard the index names for it.
+    pub fn load_sharded(index: &ShardIndex, config: &Config) -> Result<Self> {
+        let paths = index.shards();
+        let storages = paths.iter().map(|p| map(p)).collect::<Result<Vec<_>>>()?;
+        let names: Vec<String> = paths
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        Self::from_storages(&storages, config, Some((index, &names)))
+            .with_context(|| format!("invalid sharded checkpoint {}", index.path.display()))
+    }
+
+    /// The weights of a folder's checkpoint, single or sharded.
+    pub fn from_checkpoint(checkpoint: &Checkpoint, config: &Config) -> Result<Self> {
+        match checkpoint {
+            Checkpoint::Single(path) => Self::load(path, config),
+            Checkpoint::Sharded(index) => Self::load_sharded(index, config),
+        }
+    }
+
+    /// The weights in `storages` (safetensors files). For a sharded checkpoint `shards` gives
+    /// the index and the file name of each storage: every tensor must sit in the shard the
+    /// index names for it.
+    fn from_storages(
+        storages: &[Arc<Storage>],
+        config: &Config,
+        shards: Option<(&ShardIndex, &[String])>,
+    ) -> Result<Self> {
         let mut table = TensorTable {
             found: HashMap::new(),
-            base: bytes.as_ptr() as usize,
-            storage: &storage,
+            storages,
         };
-        for (name, view) in tensors.tensors() {
-            if !is_non_parameter(&name) {
-                table.found.insert(name, view);
+        for (shard, storage) in storages.iter().enumerate() {
+            let bytes = storage.bytes();
+            let file = shards.map(|(_, names)| names[shard].as_str());
+            let tensors = match file {
+                Some(file) => parse(bytes).with_context(|| format!("shard {file}"))?,
+                None => parse(bytes)?,
+            };
+            for (name, view) in tensors.tensors() {
+                if is_non_parameter(&name) {
+                    continue;
+                }
+                if let (Some((index, _)), Some(file)) = (shards, file) {
+                    match index.weight_map.get(&name) {
+                        Some(listed) if listed == file => {}
+                        Some(listed) => bail!(
+                            "tensor {name:?} is in shard {file}, but the index lists it in {listed}"
+                        ),
+                        None => bail!("tensor {name:?} of shard {file} is not in the index"),
+                    }
+                }
+                let offset = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
+                let placed = Placed {
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    shard,
+                    offset,
+                };
+                if table.found.insert(name.clone(), placed).is_some() {
+                    bail!("tensor {name:?} appears in more than one shard");
+                }
             }
         }
         let (d, i, v) = (
@@ -379,53 +461,71 @@ impl Weights {
     }
 }
 
-/// The tensors of a safetensors file not yet claimed by a parameter.
+/// Where a tensor of a checkpoint lies.
+struct Placed {
+    dtype: StDtype,
+    shape: Vec<usize>,
+    /// Index of its file in the table's storages.
+    shard: usize,
+    /// Byte offset of its first element in that file.
+    offset: usize,
+}
+
+/// The tensors of a checkpoint's files not yet claimed by a parameter.
 struct TensorTable<'a> {
-    found: HashMap<String, safetensors::tensor::TensorView<'a>>,
-    /// Address of the first byte of the file.
-    base: usize,
-    storage: &'a Arc<Storage>,
+    found: HashMap<String, Placed>,
+    storages: &'a [Arc<Storage>],
 }
 
 impl TensorTable<'_> {
-    /// Removes `name`, checking its shape and dtype; returns its dtype and byte offset.
-    fn take(&mut self, name: &str, shape: &[usize]) -> Result<(Dtype, usize)> {
-        let view = self
+    /// Removes `name`, checking its shape, dtype and values; returns its dtype, file and byte
+    /// offset.
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<(Dtype, &Arc<Storage>, usize)> {
+        let placed = self
             .found
             .remove(name)
             .with_context(|| format!("missing tensor {name:?} (expected shape {shape:?})"))?;
-        if view.shape() != shape {
+        if placed.shape != shape {
             bail!(
                 "tensor {name:?} has shape {:?}, expected {shape:?}",
-                view.shape()
+                placed.shape
             );
         }
-        let dtype = Dtype::from_safetensors(view.dtype()).with_context(|| {
+        let dtype = Dtype::from_safetensors(placed.dtype).with_context(|| {
             format!(
                 "tensor {name:?} has dtype {:?}, expected F32, F16 or BF16",
-                view.dtype()
+                placed.dtype
             )
         })?;
-        Ok((dtype, view.data().as_ptr() as usize - self.base))
+        let storage = &self.storages[placed.shard];
+        let len = shape.iter().product::<usize>() * dtype.size();
+        let bytes = &storage.bytes()[placed.offset..placed.offset + len];
+        if let Some(i) = first_non_finite(dtype, bytes) {
+            bail!(
+                "tensor {name:?} holds a NaN or infinity at element {i} (flat index of shape \
+                 {shape:?}): the checkpoint's weights are corrupt"
+            );
+        }
+        Ok((dtype, storage, placed.offset))
     }
 
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
-        let (dtype, offset) = self.take(name, &[rows, cols])?;
+        let (dtype, storage, offset) = self.take(name, &[rows, cols])?;
         Ok(Matrix {
             dtype,
             rows,
             cols,
-            storage: self.storage.clone(),
+            storage: storage.clone(),
             offset,
         })
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
-        let (dtype, offset) = self.take(name, &[len])?;
+        let (dtype, storage, offset) = self.take(name, &[len])?;
         let mut out = vec![0.0f32; len];
         widen_into(
             dtype,
-            &self.storage.bytes()[offset..offset + len * dtype.size()],
+            &storage.bytes()[offset..offset + len * dtype.size()],
             &mut out,
         );
         Ok(out)
@@ -459,6 +559,31 @@ impl TensorTable<'_> {
             },
         })
     }
+}
+
+/// Flat index of the first NaN or infinity in little-endian `bytes` of `dtype`, if any
+/// (scanned in parallel: a whole checkpoint passes through here once, at load).
+fn first_non_finite(dtype: Dtype, bytes: &[u8]) -> Option<usize> {
+    // Exponent bits all ones means NaN or infinity, in every format.
+    let bad = |chunk: &[u8]| -> Option<usize> {
+        match dtype {
+            Dtype::F32 => chunk.chunks_exact(4).position(|b| {
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
+            }),
+            Dtype::F16 => chunk
+                .chunks_exact(2)
+                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
+            Dtype::Bf16 => chunk
+                .chunks_exact(2)
+                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+        }
+    };
+    const CHUNK: usize = 1 << 20;
+    let size = dtype.size();
+    bytes
+        .par_chunks(CHUNK)
+        .enumerate()
+        .find_map_first(|(c, chunk)| bad(chunk).map(|i| c * CHUNK / size + i))
 }
 
 /// Encodes f32 values as little-endian `dtype` bytes (round to nearest even).
