@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: the seed study's speed experiment — small (draft alone), target (alone)
 //! and speculative decoding — through `spedec bench`, on Pythia-70m → Pythia-2.8b by default
 //! (downloaded when missing) or on synthetic weights of the same shapes. Writes
-//! `results/bench[-…]-<date>-<device>.{json,md}` and prints the table; a list of γ values or
-//! of drafts makes a sweep with an SVG plot of speedup (measured and predicted) and acceptance.
+//! `results/local/bench[-…]-<target>-<draft>-g<γ>-<date>-<device>.{json,md}` and prints the
+//! table; a list of γ values or of drafts makes a sweep with an SVG plot of speedup (measured and
+//! predicted) and acceptance. `--quick` is a run of minutes instead of hours.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use serde_json::{json, Value};
 use spedec_report::bench::{BenchMode, BenchReport};
 use spedec_report::{fmt_opt, write_atomic, Device};
 
-use crate::common::{self, check_vocab, ModelRef, ModelSource, RunArgs, Spedec};
+use crate::common::{self, check_vocab, ModelRef, ModelSource, Outputs, RunArgs, Spedec};
 use crate::plot::{self, Panel, Series};
 
 #[derive(Debug, clap::Args)]
@@ -42,21 +43,25 @@ pub struct Args {
     #[arg(long)]
     pub synthetic: bool,
 
-    /// New tokens per run
-    #[arg(long, default_value_t = 200, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_new_tokens: u32,
+    /// A quick first look, minutes instead of hours: 2 prompts × 1 measured run after 1 warm-up,
+    /// 32 new tokens (each can still be set); results are named and headed "quick"
+    #[arg(long)]
+    pub quick: bool,
 
-    /// Measured runs per prompt and mode
-    #[arg(long, default_value_t = 5, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub runs: u32,
+    /// New tokens per run [default: 200; 32 with --quick]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_new_tokens: Option<u32>,
 
-    /// Warm-up runs per mode, not measured
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub warmup: u32,
+    /// Measured runs per prompt and mode [default: 5; 1 with --quick]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: Option<u32>,
 
-    /// Text file with one prompt per line [default: spedec's four built-in prompts]
+    /// Warm-up runs per mode, not measured [default: 1]
+    #[arg(long, value_name = "N")]
+    pub warmup: Option<u32>,
+
+    /// Text file with one prompt per line [default: spedec's four built-in prompts; its first
+    /// two with --quick]
     #[arg(long, value_name = "FILE")]
     pub prompts: Option<PathBuf>,
 
@@ -89,14 +94,21 @@ Each (draft, γ) pair is one `spedec bench` run: every mode (small = draft alone
 spec) generates --max-new-tokens tokens for each prompt, --warmup times unmeasured, then --runs
 times measured. Cells are median (min–max) over prompts × runs.
 
-Output, in --results-dir (written under a temporary name, then renamed):
-  bench-<date>-<device>.json / .md             one run (spedec's JSON report + how it was run)
-  bench-synthetic-<date>-<device>.*            the same with --synthetic
-  bench-{gamma,draft}-sweep-<date>-<device>.*  sweeps, with a .svg plot
+Output, in --results-dir (default results/local, git-ignored; written under a temporary name,
+then renamed; an existing file is not overwritten without --force):
+  bench-<target>-<draft>-g<γ>-<date>-<device>.json / .md   one run (spedec's JSON report + how
+                                                            it was run)
+  bench-synthetic-…, bench-quick-…                          with --synthetic, --quick
+  bench-gamma-sweep-<target>-<draft>-<date>-<device>.*      sweeps, with a .svg plot
+  bench-draft-sweep-<target>-<draft>+<draft>…-g<γ>-<date>-<device>.*
 <date> is YYYY-MM-DD (UTC), <device> cpu-<cpu name> or cuda-<gpu name>, as spedec reports it.
+
+Run time: the default run (per mode 4 prompts × 5 runs + 1 warm-up, 200 tokens each) takes
+about 2 hours on a 2-core CPU with Pythia-2.8b; --quick takes minutes.
 
 Examples:
   cargo xtask bench                                  # Pythia-70m -> Pythia-2.8b, γ = 4
+  cargo xtask bench --synthetic --quick              # a first look, no download
   cargo xtask bench --synthetic --max-new-tokens 32 --runs 2
   cargo xtask bench --gamma 1,2,4,8 --runs 3
   cargo xtask bench --draft pythia-14m,70m,160m,410m";
@@ -112,6 +124,8 @@ pub struct Meta {
     pub device_requested: Device,
     pub command: String,
     pub synthetic: bool,
+    /// `--quick`: fewer prompts, runs and tokens.
+    pub quick: bool,
     /// `greedy` or the sampling parameters.
     pub sampling: String,
     pub load_before: Option<String>,
@@ -138,6 +152,7 @@ impl Meta {
             "command": self.command,
             "synthetic": self.synthetic,
             "note": self.synthetic.then_some(SYNTHETIC_NOTE),
+            "quick": self.quick,
             "sampling": self.sampling,
             "load_average_before": self.load_before,
             "load_average_after": self.load_after,
@@ -176,6 +191,80 @@ pub struct Point {
     pub report: BenchReport,
 }
 
+/// `--quick`'s settings (where not given): prompts, measured runs, new tokens.
+pub const QUICK_PROMPTS: [&str; 2] = [
+    "The history of the city begins in the early nineteenth century, when",
+    "In machine learning, a language model is",
+];
+const QUICK_RUNS: u32 = 1;
+const QUICK_NEW_TOKENS: u32 = 32;
+
+/// What a note on a quick run says.
+pub const QUICK_NOTE: &str = "Quick run (`--quick`): few prompts, runs and tokens, for a first \
+look; the medians are rougher than a full run's.";
+
+/// The run's settings after `--quick` and the defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Settings {
+    max_new_tokens: u32,
+    runs: u32,
+    warmup: u32,
+}
+
+impl Settings {
+    fn of(args: &Args) -> Settings {
+        let (tokens, runs) = if args.quick {
+            (QUICK_NEW_TOKENS, QUICK_RUNS)
+        } else {
+            (200, 5)
+        };
+        Settings {
+            max_new_tokens: args.max_new_tokens.unwrap_or(tokens),
+            runs: args.runs.unwrap_or(runs),
+            warmup: args.warmup.unwrap_or(1),
+        }
+    }
+}
+
+/// How the result files are named: `bench[-synthetic][-quick][-<kind>]-<models>-<date>-<device>`.
+struct Naming {
+    prefix: String,
+    /// `<target>-<draft>[+<draft>…][-g<γ>]`.
+    models: String,
+}
+
+impl Naming {
+    fn new(args: &Args, target: &ModelRef, drafts: &[ModelRef], gammas: &[u32]) -> Naming {
+        let kind = match (drafts.len() > 1, gammas.len() > 1) {
+            (false, false) => "",
+            (true, false) => "-draft-sweep",
+            (false, true) => "-gamma-sweep",
+            (true, true) => "-sweep",
+        };
+        let synthetic = if args.synthetic { "-synthetic" } else { "" };
+        let quick = if args.quick { "-quick" } else { "" };
+        let mut draft_tags: Vec<String> =
+            drafts.iter().map(|d| common::model_tag(&d.label)).collect();
+        draft_tags.dedup();
+        let mut drafts_part = draft_tags.join("+");
+        if drafts_part.len() > 64 {
+            drafts_part = format!("{}-drafts", draft_tags.len());
+        }
+        let mut models = format!("{}-{drafts_part}", common::model_tag(&target.label));
+        if let [gamma] = gammas {
+            models += &format!("-g{gamma}");
+        }
+        Naming {
+            prefix: format!("bench{synthetic}{quick}{kind}"),
+            models,
+        }
+    }
+
+    fn stem(&self, date: &str, device: &str) -> String {
+        format!("{}-{}-{date}-{device}", self.prefix, self.models)
+    }
+}
+
 /// Entry point of the subcommand.
 pub fn run(args: &Args) -> Result<()> {
     if let Some(path) = &args.prompts {
@@ -183,6 +272,7 @@ pub fn run(args: &Args) -> Result<()> {
             bail!("--prompts {} does not exist", path.display());
         }
     }
+    let settings = Settings::of(args);
     let mut gammas: Vec<u32> = Vec::new();
     for &g in &args.gamma {
         if !gammas.contains(&g) {
@@ -202,17 +292,84 @@ pub fn run(args: &Args) -> Result<()> {
     for draft in &drafts {
         check_vocab(&target, draft)?;
     }
+    let naming = Naming::new(args, &target, &drafts, &gammas);
+    let outputs = Outputs {
+        dir: &args.run.results_dir,
+        exts: if drafts.len() * gammas.len() == 1 {
+            &["json", "md"]
+        } else {
+            &["json", "md", "svg"]
+        },
+        force: args.run.force,
+    };
     let spedec = Spedec::locate(args.run.spedec.as_deref())?;
     let device_args = spedec.device_args("bench", args.run.device)?;
+    let expected_device = common::expected_device_tag(args.run.device, !device_args.is_empty());
+    outputs.check(&naming.stem(&common::today(), &expected_device))?;
     fs::create_dir_all(&args.run.results_dir)
         .with_context(|| format!("cannot create {}", args.run.results_dir.display()))?;
 
     let load_before = common::load_average();
     let start = Instant::now();
+    // --quick's prompts go to spedec as a --prompts file, removed afterwards.
+    let quick_prompts = (args.quick && args.prompts.is_none()).then(|| {
+        args.run
+            .results_dir
+            .join(format!(".bench-prompts-{}.txt", std::process::id()))
+    });
+    if let Some(path) = &quick_prompts {
+        write_atomic(path, (QUICK_PROMPTS.join("\n") + "\n").as_bytes())?;
+    }
+    let mut extra = pass_through(args, settings, quick_prompts.as_deref());
+    extra.extend(device_args.iter().cloned());
+    let points = run_points(args, &spedec, &target, &drafts, &gammas, &extra);
+    if let Some(path) = &quick_prompts {
+        let _ = fs::remove_file(path);
+    }
+    let points = points?;
+    let reported = &points[0].report.machine;
+    let (machine, device) =
+        common::machine_and_tag(reported, args.run.device, !device_args.is_empty());
+    let meta = Meta {
+        date: common::today(),
+        device,
+        machine,
+        device_requested: args.run.device,
+        command: common::command_line(),
+        synthetic: args.synthetic,
+        quick: args.quick,
+        sampling: sampling(args),
+        load_before,
+        load_after: common::load_average(),
+        threads: spedec_report::machine::host_threads(),
+        wall_s: start.elapsed().as_secs_f64(),
+        git_commit: common::git_commit(),
+    };
+    let paths = outputs.free(&naming.stem(&meta.date, &meta.device));
+    if points.len() == 1 {
+        write_single(&paths, &target, &points[0], &meta)?;
+    } else {
+        write_sweep(&paths, &target, &points, &meta)?;
+    }
+    for path in paths {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// One `spedec bench` per (draft, γ), with the `extra` arguments.
+fn run_points(
+    args: &Args,
+    spedec: &Spedec,
+    target: &ModelRef,
+    drafts: &[ModelRef],
+    gammas: &[u32],
+    extra: &[String],
+) -> Result<Vec<Point>> {
     let total = drafts.len() * gammas.len();
     let mut points = Vec::new();
-    for draft in &drafts {
-        for &gamma in &gammas {
+    for draft in drafts {
+        for &gamma in gammas {
             eprintln!(
                 "[{}/{total}] spedec bench: {} -> {}, γ = {gamma}",
                 points.len() + 1,
@@ -233,8 +390,7 @@ pub fn run(args: &Args) -> Result<()> {
                 "--gamma".into(),
                 gamma.to_string(),
             ];
-            cmd.extend(pass_through(args));
-            cmd.extend(device_args.iter().cloned());
+            cmd.extend(extra.iter().cloned());
             cmd.extend(["--json".into(), tmp.display().to_string()]);
             let result = spedec.run(&cmd).and_then(|_| read_report(&tmp));
             let _ = fs::remove_file(&tmp);
@@ -245,34 +401,7 @@ pub fn run(args: &Args) -> Result<()> {
             });
         }
     }
-    let machine = common::run_machine(
-        &points[0].report.machine,
-        args.run.device,
-        !device_args.is_empty(),
-    );
-    let meta = Meta {
-        date: common::today(),
-        device: common::device_tag(&machine.description),
-        machine: machine.description,
-        device_requested: args.run.device,
-        command: common::command_line(),
-        synthetic: args.synthetic,
-        sampling: sampling(args),
-        load_before,
-        load_after: common::load_average(),
-        threads: spedec_report::machine::host_threads(),
-        wall_s: start.elapsed().as_secs_f64(),
-        git_commit: common::git_commit(),
-    };
-    let written = if points.len() == 1 {
-        write_single(&args.run.results_dir, &target, &points[0], &meta)?
-    } else {
-        write_sweep(&args.run.results_dir, &target, &points, &meta)?
-    };
-    for path in written {
-        println!("wrote {}", path.display());
-    }
-    Ok(())
+    Ok(points)
 }
 
 fn read_report(path: &Path) -> Result<BenchReport> {
@@ -282,22 +411,25 @@ fn read_report(path: &Path) -> Result<BenchReport> {
         .with_context(|| format!("bad JSON from spedec in {}", path.display()))
 }
 
-/// The options handed to `spedec bench` unchanged.
-fn pass_through(args: &Args) -> Vec<String> {
+/// The options handed to `spedec bench` (`prompts` where --prompts is not given).
+fn pass_through(args: &Args, settings: Settings, prompts: Option<&Path>) -> Vec<String> {
     let mut out = vec![
         "--max-new-tokens".to_string(),
-        args.max_new_tokens.to_string(),
+        settings.max_new_tokens.to_string(),
         "--runs".into(),
-        args.runs.to_string(),
+        settings.runs.to_string(),
         "--warmup".into(),
-        args.warmup.to_string(),
+        settings.warmup.to_string(),
         "--temperature".into(),
         args.temperature.to_string(),
     ];
     let optional = [
         (
             "--prompts",
-            args.prompts.as_ref().map(|p| p.display().to_string()),
+            args.prompts
+                .as_deref()
+                .or(prompts)
+                .map(|p| p.display().to_string()),
         ),
         ("--top-k", args.top_k.map(|v| v.to_string())),
         ("--top-p", args.top_p.map(|v| v.to_string())),
@@ -326,34 +458,35 @@ fn sampling(args: &Args) -> String {
     s + &format!(", seed {}", args.seed.unwrap_or(0))
 }
 
-fn file_stem(kind: &str, meta: &Meta) -> String {
-    let synthetic = if meta.synthetic { "-synthetic" } else { "" };
-    format!("bench{synthetic}{kind}-{}-{}", meta.date, meta.device)
-}
-
-fn write_single(dir: &Path, target: &ModelRef, point: &Point, meta: &Meta) -> Result<Vec<PathBuf>> {
+/// Writes one run's report and table to `paths` (.json, .md).
+fn write_single(paths: &[PathBuf], target: &ModelRef, point: &Point, meta: &Meta) -> Result<()> {
     let mut report = serde_json::to_value(&point.report)?;
     report["xtask"] = meta.to_json();
     let table = markdown(&point.report, &target.label, &point.draft.label, meta);
     println!("{table}");
-    let stem = file_stem("", meta);
-    let json_path = dir.join(format!("{stem}.json"));
-    let md_path = dir.join(format!("{stem}.md"));
-    write_atomic(
-        &json_path,
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
-    write_atomic(&md_path, table.as_bytes())?;
-    Ok(vec![json_path, md_path])
+    write_atomic(&paths[0], serde_json::to_string_pretty(&report)?.as_bytes())?;
+    write_atomic(&paths[1], table.as_bytes())?;
+    Ok(())
+}
+
+/// `## <kind>[ (quick run)]: <what>`, then the notes on quick and synthetic runs.
+fn heading(kind: &str, what: &str, meta: &Meta) -> String {
+    let quick = if meta.quick { " (quick run)" } else { "" };
+    let mut out = format!("## {kind}{quick}: {what}");
+    if meta.quick {
+        out += &format!("\n\n> **Note.** {QUICK_NOTE}");
+    }
+    if meta.synthetic {
+        out += &format!("\n\n> **Note.** {SYNTHETIC_NOTE}");
+    }
+    out + "\n\n"
 }
 
 /// The seed study's speed table (TTFT and TPOT in ms, throughput in tokens/s) plus the
 /// speculative statistics, for one `spedec bench` report.
 pub fn markdown(report: &BenchReport, target: &str, draft: &str, meta: &Meta) -> String {
-    let mut out = format!("## Speed: {draft} → {target}, γ = {}\n\n", report.gamma);
-    if meta.synthetic {
-        out += &format!("> **Note.** {SYNTHETIC_NOTE}\n\n");
-    }
+    let what = format!("{draft} → {target}, γ = {}", report.gamma);
+    let mut out = heading("Speed", &what, meta);
     out += &report.tables(target, draft);
     out += &format!(
         "\nEach mode: {} prompt(s) × {} measured run(s) after {} warm-up run(s), {} new tokens \
@@ -370,12 +503,8 @@ pub fn markdown(report: &BenchReport, target: &str, draft: &str, meta: &Meta) ->
     out
 }
 
-fn write_sweep(
-    dir: &Path,
-    target: &ModelRef,
-    points: &[Point],
-    meta: &Meta,
-) -> Result<Vec<PathBuf>> {
+/// Writes a sweep's report, table and plot to `paths` (.json, .md, .svg).
+fn write_sweep(paths: &[PathBuf], target: &ModelRef, points: &[Point], meta: &Meta) -> Result<()> {
     let mut drafts: Vec<String> = Vec::new();
     let mut gammas: Vec<u32> = Vec::new();
     for p in points {
@@ -386,13 +515,9 @@ fn write_sweep(
             gammas.push(p.gamma);
         }
     }
-    let kind = match (drafts.len() > 1, gammas.len() > 1) {
-        (true, false) => "-draft-sweep",
-        (false, true) => "-gamma-sweep",
-        _ => "-sweep",
-    };
-    let stem = file_stem(kind, meta);
-    let svg_name = format!("{stem}.svg");
+    let svg_name = paths[2]
+        .file_name()
+        .map_or(String::new(), |n| n.to_string_lossy().into_owned());
     let table = sweep_markdown(points, &target.label, meta, &svg_name);
     println!("{table}");
     let report = json!({
@@ -407,23 +532,15 @@ fn write_sweep(
         }).collect::<Result<Vec<_>>>()?,
     });
     let svg = sweep_plot(points, &target.label, meta.synthetic);
-    let paths = [
-        dir.join(format!("{stem}.json")),
-        dir.join(format!("{stem}.md")),
-        dir.join(&svg_name),
-    ];
     write_atomic(&paths[0], serde_json::to_string_pretty(&report)?.as_bytes())?;
     write_atomic(&paths[1], table.as_bytes())?;
     write_atomic(&paths[2], svg.as_bytes())?;
-    Ok(paths.to_vec())
+    Ok(())
 }
 
 /// A summary row per (draft, γ), then each run's full tables.
 pub fn sweep_markdown(points: &[Point], target: &str, meta: &Meta, svg_name: &str) -> String {
-    let mut out = format!("## Speed sweep: drafts → {target}\n\n");
-    if meta.synthetic {
-        out += &format!("> **Note.** {SYNTHETIC_NOTE}\n\n");
-    }
+    let mut out = heading("Speed sweep", &format!("drafts → {target}"), meta);
     out += &format!("![speedup and acceptance]({svg_name})\n\n");
     out += "| draft | γ | α | mean accepted length | c | speedup, TPOT | speedup, throughput | \
             predicted speedup | spec TPOT (ms) | target TPOT (ms) |\n\
@@ -610,6 +727,7 @@ mod tests {
             device_requested: Device::Auto,
             command: "cargo xtask bench".into(),
             synthetic,
+            quick: false,
             sampling: "greedy decoding".into(),
             load_before: Some("1.00 2.00 3.00".into()),
             load_after: Some("4.00 5.00 6.00".into()),

@@ -24,9 +24,14 @@ pub struct RunArgs {
           value_parser = PossibleValuesParser::new(Device::NAMES.iter().copied()).map(|s| s.parse::<Device>().expect("a listed name")))]
     pub device: Device,
 
-    /// Folder for the result files
-    #[arg(long, default_value = "results", value_name = "DIR")]
+    /// Folder for the result files (results/local is git-ignored; curated results are
+    /// committed in results/)
+    #[arg(long, default_value = "results/local", value_name = "DIR")]
     pub results_dir: PathBuf,
+
+    /// Overwrite result files of the same name (same models, date and device)
+    #[arg(long)]
+    pub force: bool,
 
     /// Folder with models/ and datasets/ (as `cargo xtask download --dest` writes it)
     #[arg(long, default_value = "data", value_name = "DIR")]
@@ -391,6 +396,82 @@ pub fn sanitize(s: &str) -> String {
     out.trim_end_matches('-').to_string()
 }
 
+/// A model's label as a file-name part: `synthetic pythia-2.8b` -> `pythia-2.8b`; lower-case
+/// ASCII letters, digits and dots, runs of anything else as one `-`, at most 48 bytes.
+pub fn model_tag(label: &str) -> String {
+    let label = label.strip_prefix("synthetic ").unwrap_or(label);
+    let mut out = String::new();
+    for c in label.chars() {
+        if c.is_ascii_alphanumeric() || c == '.' {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.truncate(48);
+    out.trim_matches(['-', '.']).to_string()
+}
+
+/// The files one run writes: `<dir>/<stem>.<ext>` for each extension.
+pub struct Outputs<'a> {
+    pub dir: &'a Path,
+    pub exts: &'a [&'a str],
+    /// Overwrite files that exist (`--force`).
+    pub force: bool,
+}
+
+impl Outputs<'_> {
+    pub fn paths(&self, stem: &str) -> Vec<PathBuf> {
+        self.exts
+            .iter()
+            .map(|ext| self.dir.join(format!("{stem}.{ext}")))
+            .collect()
+    }
+
+    /// Refuses, before a run, to overwrite the files it would write (without `--force`).
+    pub fn check(&self, stem: &str) -> Result<()> {
+        match self.paths(stem).into_iter().find(|p| p.exists()) {
+            Some(path) if !self.force => bail!(
+                "{} exists (a run of the same models on the same day and device); pass --force \
+                 to overwrite it, or another --results-dir",
+                path.display()
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The paths to write after a run: `stem`'s, or — when one of them appeared meanwhile (or
+    /// the device differs from the one predicted before the run) and `--force` is not given —
+    /// the first free `stem-2`, `stem-3`, …, so that no result is overwritten or lost.
+    pub fn free(&self, stem: &str) -> Vec<PathBuf> {
+        let taken = |paths: &[PathBuf]| !self.force && paths.iter().any(|p| p.exists());
+        let first = self.paths(stem);
+        if !taken(&first) {
+            return first;
+        }
+        let mut n = 2;
+        loop {
+            let paths = self.paths(&format!("{stem}-{n}"));
+            if !taken(&paths) {
+                eprintln!(
+                    "note: {} exists; writing {} instead (--force overwrites)",
+                    first[0].display(),
+                    paths[0].display()
+                );
+                return paths;
+            }
+            n += 1;
+        }
+    }
+}
+
+/// The device tag a run will most likely report, for checking output names before the run:
+/// the CPU, or the NVIDIA GPU the driver lists when spedec has --device and may use CUDA.
+pub fn expected_device_tag(device: Device, device_flag: bool) -> String {
+    let unknown: Machine = serde_json::from_str("{}").expect("a machine with defaults");
+    machine_and_tag(&unknown, device, device_flag).1
+}
+
 /// Words of CPU and GPU names that say nothing about the chip.
 const NOISE: &[&str] = &["cpu", "processor", "with", "radeon", "graphics"];
 
@@ -459,6 +540,13 @@ pub fn run_machine(reported: &Machine, device: Device, device_flag: bool) -> Mac
         }
     }
     Machine::host()
+}
+
+/// The description and the file-name tag of the machine a run used (see [`run_machine`]).
+pub fn machine_and_tag(reported: &Machine, device: Device, device_flag: bool) -> (String, String) {
+    let machine = run_machine(reported, device, device_flag);
+    let tag = device_tag(&machine.description);
+    (machine.description, tag)
 }
 
 /// The first GPU's model name from the NVIDIA driver's /proc files (Linux).
@@ -550,6 +638,38 @@ mod tests {
         assert_eq!(device_tag("cuda"), "cuda");
         assert_eq!(device_tag(""), "cpu");
         assert_eq!(sanitize("a/b c..d--"), "a-b-c-d");
+    }
+
+    #[test]
+    fn model_tags_keep_the_size() {
+        assert_eq!(model_tag("synthetic pythia-2.8b"), "pythia-2.8b");
+        assert_eq!(
+            model_tag("pythia-70m-deduped@step1000"),
+            "pythia-70m-deduped-step1000"
+        );
+        assert_eq!(model_tag("My Model/"), "my-model");
+    }
+
+    #[test]
+    fn outputs_are_never_overwritten_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Outputs {
+            dir: dir.path(),
+            exts: &["json", "md"],
+            force: false,
+        };
+        out.check("a").unwrap();
+        assert_eq!(out.free("a"), out.paths("a"));
+        fs::write(dir.path().join("a.md"), "old").unwrap();
+        let err = out.check("a").unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{} exists", dir.path().join("a.md").display())));
+        assert!(err.contains("pass --force to overwrite it"), "{err}");
+        assert_eq!(out.free("a"), out.paths("a-2"));
+        fs::write(dir.path().join("a-2.json"), "old").unwrap();
+        assert_eq!(out.free("a"), out.paths("a-3"));
+        out.force = true;
+        out.check("a").unwrap();
+        assert_eq!(out.free("a"), out.paths("a"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `cargo xtask ppl`: perplexity of the small (draft), target and speculative models on the
 //! WikiText-2 raw test file (or PG-19 test books) through `spedec ppl --model T --draft D
-//! --json`, which scores all three in one pass. Writes `results/ppl[-…]-<date>-<device>.{json,md}`
+//! --json`, which scores all three in one pass. Writes
+//! `results/local/ppl[-…]-<target>-<draft>-<date>-<device>.{json,md}`
 //! with the seed study's table and the method, and prints the table; spec PPL must equal target
 //! PPL (the empirical losslessness check).
 
@@ -16,7 +17,9 @@ use serde_json::{json, Value};
 use spedec_report::ppl::{Method, PplReport, Windows};
 use spedec_report::{fmt_opt, write_atomic};
 
-use crate::common::{self, check_vocab, download_args, ModelRef, ModelSource, RunArgs, Spedec};
+use crate::common::{
+    self, check_vocab, download_args, ModelRef, ModelSource, Outputs, RunArgs, Spedec,
+};
 use crate::download;
 
 /// The largest relative difference between spec and target PPL that counts as equal.
@@ -87,10 +90,14 @@ WikiText-2: the raw wiki.test.raw file as is (one string, newlines kept, no BOS)
 stream. PG-19: each book separately, then PPL = exp(token-weighted mean NLL over the books).
 Missing models and texts are downloaded (cargo xtask download) unless --no-download.
 
-Output, in --results-dir (written under a temporary name, then renamed):
-  ppl-<date>-<device>.json / .md        WikiText-2
-  ppl-pg19-<date>-<device>.*            PG-19
-  ppl-synthetic[-pg19]-<date>-<device>.* with --synthetic
+WikiText-2 needs no download: when data/datasets/wikitext-2-raw/wiki.test.raw is missing, the
+repository's committed copy (data/fixtures/wikitext-2-raw, the same sha256) is scored.
+
+Output, in --results-dir (default results/local, git-ignored; written under a temporary name,
+then renamed; an existing file is not overwritten without --force):
+  ppl-<target>-<draft>-<date>-<device>.json / .md   WikiText-2
+  ppl-pg19-<target>-<draft>-<date>-<device>.*       PG-19
+  ppl-synthetic[-pg19]-…                            with --synthetic
 
 Examples:
   cargo xtask ppl                                   # Pythia-70m / Pythia-2.8b on WikiText-2
@@ -143,8 +150,23 @@ pub fn run(args: &Args) -> Result<()> {
     let (target, draft) = (&models[0], &models[1]);
     check_vocab(target, draft)?;
     let texts = texts(args)?;
+    let synthetic = if args.synthetic { "-synthetic" } else { "" };
+    let data = if args.data == Data::Pg19 { "-pg19" } else { "" };
+    let models = format!(
+        "{}-{}",
+        common::model_tag(&target.label),
+        common::model_tag(&draft.label)
+    );
+    let stem = |date: &str, device: &str| format!("ppl{synthetic}{data}-{models}-{date}-{device}");
+    let outputs = Outputs {
+        dir: &args.run.results_dir,
+        exts: &["json", "md"],
+        force: args.run.force,
+    };
     let spedec = Spedec::locate(args.run.spedec.as_deref())?;
     let device_args = spedec.device_args("ppl", args.run.device)?;
+    let expected_device = common::expected_device_tag(args.run.device, !device_args.is_empty());
+    outputs.check(&stem(&common::today(), &expected_device))?;
 
     let start = Instant::now();
     let mut parts = Vec::new();
@@ -187,15 +209,13 @@ pub fn run(args: &Args) -> Result<()> {
             report,
         });
     }
-    let machine = common::run_machine(
-        &parts[0].report.machine,
-        args.run.device,
-        !device_args.is_empty(),
-    );
+    let reported = &parts[0].report.machine;
+    let (machine, device) =
+        common::machine_and_tag(reported, args.run.device, !device_args.is_empty());
     let meta = PplMeta {
         date: common::today(),
-        device: common::device_tag(&machine.description),
-        machine: machine.description,
+        device,
+        machine,
         command: common::command_line(),
         synthetic: args.synthetic,
         data: args.data,
@@ -205,17 +225,10 @@ pub fn run(args: &Args) -> Result<()> {
     let result = summarize(&parts, target, draft, &meta, args.max_tokens)?;
     let table = markdown(&result);
     println!("{table}");
-    let synthetic = if args.synthetic { "-synthetic" } else { "" };
-    let data = if args.data == Data::Pg19 { "-pg19" } else { "" };
-    let stem = format!("ppl{synthetic}{data}-{}-{}", meta.date, meta.device);
-    let json_path = args.run.results_dir.join(format!("{stem}.json"));
-    let md_path = args.run.results_dir.join(format!("{stem}.md"));
-    write_atomic(
-        &json_path,
-        serde_json::to_string_pretty(&result)?.as_bytes(),
-    )?;
-    write_atomic(&md_path, table.as_bytes())?;
-    println!("wrote {}\nwrote {}", json_path.display(), md_path.display());
+    let paths = outputs.free(&stem(&meta.date, &meta.device));
+    write_atomic(&paths[0], serde_json::to_string_pretty(&result)?.as_bytes())?;
+    write_atomic(&paths[1], table.as_bytes())?;
+    println!("wrote {}\nwrote {}", paths[0].display(), paths[1].display());
     Ok(())
 }
 
@@ -244,9 +257,20 @@ fn texts(args: &Args) -> Result<Vec<PathBuf>> {
     match args.data {
         Data::Wikitext2 => {
             let path = datasets.join("wikitext-2-raw").join("wiki.test.raw");
-            if !path.is_file() {
-                fetch_data(args, download::Dataset::Wikitext2, "wikitext2", &path)?;
+            if path.is_file() {
+                return Ok(vec![path]);
             }
+            // The repository commits the same file: no download needed.
+            if let Some(committed) = download::committed_wikitext()? {
+                eprintln!(
+                    "{} not found; using the committed copy {} (sha256 matches the pinned \
+                     WikiText-2 test split)",
+                    path.display(),
+                    committed.display()
+                );
+                return Ok(vec![committed]);
+            }
+            fetch_data(args, download::Dataset::Wikitext2, "wikitext2", &path)?;
             Ok(vec![path])
         }
         Data::Pg19 => {

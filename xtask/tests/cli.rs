@@ -158,6 +158,17 @@ fn a_download_honours_hf_endpoint_hf_home_and_hf_token() {
         stdout.trim(),
         "model    out/models/pythia-160m-deduped@step1000"
     );
+    // stderr is not a terminal: plain progress lines, a first and a last one per file.
+    let err = stderr(&out);
+    let host = server.base.trim_start_matches("http://");
+    for (name, size) in [("config.json", "26 B"), ("model.safetensors", "68.4 KiB")] {
+        let file = format!("EleutherAI/pythia-160m-deduped/{name}");
+        assert!(
+            err.contains(&format!("{file}: downloading from {host} ({size})\n")),
+            "{err}"
+        );
+        assert!(err.contains(&format!("{file}: {size} in ")), "{err}");
+    }
     let cache = dir
         .path()
         .join("hfhome/hub/models--EleutherAI--pythia-160m-deduped");

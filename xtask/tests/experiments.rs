@@ -165,8 +165,10 @@ fn bench_writes_the_report_and_the_table() {
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    // bench-synthetic-YYYY-MM-DD-<device>.json
-    let rest = name.strip_prefix("bench-synthetic-").unwrap();
+    // bench-synthetic-<target>-<draft>-g<γ>-YYYY-MM-DD-<device>.json
+    let rest = name
+        .strip_prefix("bench-synthetic-pythia-14m-pythia-14m-g4-")
+        .unwrap_or_else(|| panic!("{name}"));
     assert!(
         rest.as_bytes()[4] == b'-' && rest.as_bytes()[7] == b'-',
         "{name}"
@@ -250,6 +252,75 @@ fn bench_writes_the_report_and_the_table() {
     ] {
         assert!(md.contains(needle), "`{needle}` missing from:\n{md}");
     }
+    assert!(!md.contains("quick"), "{md}");
+
+    // The same run again would write the same names: refused before anything runs.
+    let before = std::fs::read(&json_path).unwrap();
+    let mut again = xtask(dir.path());
+    again
+        .arg("bench")
+        .args(FAST_BENCH)
+        .args(["0", "--results-dir", "out", "--spedec"])
+        .arg(spedec());
+    let err = error_line(&mut again);
+    assert_eq!(
+        err,
+        format!(
+            "error: out/{name} exists (a run of the same models on the same day and device); \
+             pass --force to overwrite it, or another --results-dir"
+        )
+    );
+    assert_eq!(std::fs::read(&json_path).unwrap(), before);
+    assert_eq!(std::fs::read_dir(&results).unwrap().count(), 2);
+    // --force overwrites.
+    run_ok(again.arg("--force"));
+    assert_ne!(std::fs::read(&json_path).unwrap(), before);
+    assert_eq!(std::fs::read_dir(&results).unwrap().count(), 2);
+}
+
+#[test]
+fn a_quick_run_is_short_labelled_and_lands_in_results_local() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_ok(
+        xtask(dir.path())
+            .args(["bench", "--synthetic", "--quick"])
+            .args(["--target", "pythia-14m", "--draft", "14m", "--spedec"])
+            .arg(spedec()),
+    );
+    let results = dir.path().join("results/local");
+    let json_path = only_file(
+        &results,
+        "bench-synthetic-quick-pythia-14m-pythia-14m-g4-",
+        ".json",
+    );
+    only_file(
+        &results,
+        "bench-synthetic-quick-pythia-14m-pythia-14m-g4-",
+        ".md",
+    );
+    assert_eq!(
+        std::fs::read_dir(&results).unwrap().count(),
+        2,
+        "no prompts file or other temporary file left"
+    );
+    let r = read_json(&json_path);
+    assert_eq!(r["max_new_tokens"], 32);
+    assert_eq!(
+        (r["runs"].as_u64(), r["warmup"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(r["prompts"].as_array().unwrap().len(), 2);
+    assert_eq!(r["xtask"]["quick"], true);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("## Speed (quick run): synthetic pythia-14m → synthetic pythia-14m, γ = 4"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Quick run (`--quick`)"), "{stdout}");
+    assert!(
+        stdout.contains("2 prompt(s) × 1 measured run(s) after 1 warm-up run(s), 32 new tokens"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -267,7 +338,7 @@ fn a_gamma_sweep_writes_a_plot() {
     let results = dir.path().join("out");
     let r = read_json(&only_file(
         &results,
-        "bench-synthetic-gamma-sweep-",
+        "bench-synthetic-gamma-sweep-pythia-14m-pythia-14m-20",
         ".json",
     ));
     assert_eq!(r["gammas"], serde_json::json!([1, 2]));
@@ -345,7 +416,11 @@ fn ppl_of_spec_equals_ppl_of_target() {
     let stdout = text(&out.stdout);
     assert!(stdout.contains("| model / mode | PPL |"), "{stdout}");
     let results = dir.path().join("out");
-    let r = read_json(&only_file(&results, "ppl-synthetic-", ".json"));
+    let r = read_json(&only_file(
+        &results,
+        "ppl-synthetic-pythia-14m-pythia-14m-20",
+        ".json",
+    ));
     assert_eq!(r["dataset"], "wikitext2");
     assert_eq!(r["tokens"], 299);
     assert_eq!(r["windows"]["context"], 64);
@@ -375,6 +450,36 @@ fn ppl_of_spec_equals_ppl_of_target() {
     ] {
         assert!(md.contains(needle), "`{needle}` missing from:\n{md}");
     }
+}
+
+#[test]
+fn ppl_scores_the_committed_wikitext_without_a_download() {
+    let dir = tempfile::tempdir().unwrap();
+    // No data folder, downloads off, and no hub: the committed copy is scored.
+    let out = run_ok(
+        xtask(dir.path())
+            .args(FAST_PPL)
+            .args(["--max-tokens", "100", "--results-dir", "out", "--spedec"])
+            .arg(spedec())
+            .env("HF_ENDPOINT", "http://nonexistent.invalid"),
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("wiki.test.raw not found; using the committed copy "),
+        "{stderr}"
+    );
+    let r = read_json(&only_file(
+        &dir.path().join("out"),
+        "ppl-synthetic-",
+        ".json",
+    ));
+    let scored = r["parts"][0]["text"].as_str().unwrap();
+    assert!(
+        scored.ends_with("data/fixtures/wikitext-2-raw/wiki.test.raw"),
+        "{scored}"
+    );
+    assert_eq!(r["tokens"], 99);
+    assert!(!dir.path().join("data").exists(), "nothing downloaded");
 }
 
 #[test]
@@ -430,15 +535,12 @@ fn error_line(cmd: &mut Command) -> String {
 #[test]
 fn user_errors_end_in_one_line_saying_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    // Missing data, downloads off.
-    let err = error_line(xtask(dir.path()).args(FAST_PPL));
-    assert!(
-        err.starts_with("error: data/datasets/wikitext-2-raw/wiki.test.raw not found; run `cargo xtask download --data wikitext2"),
-        "{err}"
-    );
+    // Missing data, downloads off (WikiText-2 is committed; PG-19 is not).
     let err = error_line(xtask(dir.path()).args(FAST_PPL).args(["--data", "pg19"]));
     assert!(
-        err.contains("run `cargo xtask download --data pg19"),
+        err.starts_with(
+            "error: data/datasets/pg19 not found; run `cargo xtask download --data pg19"
+        ),
         "{err}"
     );
 
@@ -493,4 +595,21 @@ fn user_errors_end_in_one_line_saying_what_to_do() {
         err.contains("check your network or set HF_ENDPOINT"),
         "{err}"
     );
+
+    // A name that does not resolve: the same, at once (no retries).
+    let start = std::time::Instant::now();
+    let err = error_line(
+        xtask(dir.path())
+            .args(["bench", "--target", "pythia-160m", "--draft", "pythia-14m"])
+            .env("HF_ENDPOINT", "http://nonexistent.invalid"),
+    );
+    assert!(
+        err.starts_with(
+            "error: downloading pythia-160m failed (use --synthetic to time random weights \
+             instead): cannot reach nonexistent.invalid; check your network or set HF_ENDPOINT \
+             (the name nonexistent.invalid does not resolve"
+        ),
+        "{err}"
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
 }

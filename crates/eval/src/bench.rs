@@ -35,12 +35,33 @@ pub struct BenchOptions {
     pub machine: Machine,
 }
 
-/// Runs small, target and spec; `progress(message)` reports each run.
+/// Where a benchmark stands, reported before each generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BenchProgress {
+    pub mode: BenchMode,
+    pub warm_up: bool,
+    /// This generation among the mode's warm-up (or measured) ones, from 1, and their number.
+    pub index: usize,
+    pub count: usize,
+    /// Generations finished so far, over all modes, and planned in all.
+    pub done: usize,
+    pub total: usize,
+}
+
+impl std::fmt::Display for BenchProgress {
+    /// `Small run 3/20`, `Spec warm-up 1/1`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.warm_up { "warm-up" } else { "run" };
+        write!(f, "{:?} {kind} {}/{}", self.mode, self.index, self.count)
+    }
+}
+
+/// Runs small, target and spec; `progress` is called before each generation.
 pub fn run_bench(
     target: &mut dyn Lm,
     draft: &mut dyn Lm,
     opts: &BenchOptions,
-    mut progress: impl FnMut(&str),
+    mut progress: impl FnMut(&BenchProgress),
 ) -> Result<BenchReport> {
     if opts.runs == 0 {
         bail!("--runs must be at least 1");
@@ -48,6 +69,9 @@ pub fn run_bench(
     if opts.prompts.is_empty() || opts.prompts.iter().any(Vec::is_empty) {
         bail!("every benchmark prompt must have at least one token");
     }
+    let measured = opts.runs * opts.prompts.len();
+    let total = 3 * (opts.warmup + measured);
+    let mut done = 0;
     let mut modes = Vec::new();
     for mode in [BenchMode::Small, BenchMode::Target, BenchMode::Spec] {
         let mut runs = Vec::new();
@@ -57,13 +81,15 @@ pub fn run_bench(
                 if warm && p > 0 {
                     continue; // one prompt per warm-up run is enough to warm caches
                 }
-                progress(&format!(
-                    "{mode:?} {} {}/{} prompt {}",
-                    if warm { "warm-up" } else { "run" },
-                    if warm { r + 1 } else { r - opts.warmup + 1 },
-                    if warm { opts.warmup } else { opts.runs },
-                    p + 1
-                ));
+                progress(&BenchProgress {
+                    mode,
+                    warm_up: warm,
+                    index: if warm { r + 1 } else { runs.len() + 1 },
+                    count: if warm { opts.warmup } else { measured },
+                    done,
+                    total,
+                });
+                done += 1;
                 let g = match mode {
                     BenchMode::Small => generate_autoregressive(draft, prompt, &opts.gen)?,
                     BenchMode::Target => generate_autoregressive(target, prompt, &opts.gen)?,
@@ -87,9 +113,15 @@ pub fn run_bench(
         .acceptance_rate
         .zip(cost_ratio)
         .map(|(alpha, c)| leviathan_speedup(alpha, opts.gen.gamma, c));
+    let new_tokens: Vec<f64> = modes
+        .iter()
+        .flat_map(|m| &m.runs)
+        .map(|s| s.new_tokens as f64)
+        .collect();
     Ok(BenchReport {
         gamma: opts.gen.gamma,
         max_new_tokens: opts.gen.max_new_tokens,
+        new_tokens: Summary::of(&new_tokens),
         runs: opts.runs,
         warmup: opts.warmup,
         prompts: opts.prompt_texts.clone(),
@@ -152,10 +184,10 @@ fn summarize(mode: BenchMode, runs: Vec<Stats>) -> ModeReport<Stats> {
 /// The report as a markdown table like the seed study's, plus the speculative statistics.
 pub fn markdown(report: &BenchReport) -> String {
     format!(
-        "Speed on {}: γ = {}, {} new tokens, {} prompts × {} runs (+{} warm-up); median (min–max).\n\n{}",
+        "Speed on {}: γ = {}, {}, {} prompts × {} runs (+{} warm-up); median (min–max).\n\n{}",
         report.machine.description,
         report.gamma,
-        report.max_new_tokens,
+        report.new_tokens_label(),
         report.prompts.len(),
         report.runs,
         report.warmup,

@@ -2,7 +2,8 @@
 
 use anyhow::{bail, Result};
 use spedec_neox::{Config, CpuModel, Isa, ModelFiles, Tokenizer};
-use spedec_report::Machine;
+use spedec_report::machine::host_cpu;
+use spedec_report::{Gpu, Machine};
 use spedec_speculative::Lm;
 
 pub use spedec_report::Device;
@@ -24,6 +25,17 @@ fn cuda_usable() -> bool {
     false
 }
 
+/// This host, with the threads of the CPU pool this process runs (all cores unless the
+/// pool was made smaller), and the GPU a CUDA run uses.
+fn machine(gpu: Option<Gpu>) -> Machine {
+    Machine::new(host_cpu(), rayon::current_num_threads(), gpu)
+}
+
+/// This host as a CPU run sees it (see [`machine`]).
+pub fn host_machine() -> Machine {
+    machine(None)
+}
+
 /// A model ready to run, with what the CLI needs to know about it.
 pub struct LoadedModel {
     /// The folder or spec the user gave.
@@ -40,13 +52,13 @@ pub struct LoadedModel {
 }
 
 /// Opens `spec` on the CPU with a KV cache of `context` positions (default: the model's max
-/// positions).
+/// positions, at most `KvCursor::DEFAULT_CONTEXT_CAP`).
 pub fn load_model(spec: &str, context: Option<usize>) -> Result<LoadedModel> {
     load_model_on(spec, context, Device::Cpu)
 }
 
 /// Opens `spec` on `device` with a KV cache of `context` positions (default: the model's max
-/// positions). On CUDA the weights are uploaded as f16 (bf16 / f32 checkpoints are rounded)
+/// positions, at most `KvCursor::DEFAULT_CONTEXT_CAP`). On CUDA the weights are uploaded as f16 (bf16 / f32 checkpoints are rounded)
 /// and the host copy is dropped; `--device cuda` without a driver is the error
 /// "no CUDA driver found (use --device cpu)".
 pub fn load_model_on(spec: &str, context: Option<usize>, device: Device) -> Result<LoadedModel> {
@@ -63,7 +75,7 @@ pub fn load_model_on(spec: &str, context: Option<usize>, device: Device) -> Resu
                 bytes_per_token,
                 lm: Box::new(model),
                 device: Device::Cpu,
-                machine: Machine::host(),
+                machine: host_machine(),
             })
         }
     }
@@ -74,16 +86,15 @@ pub fn load_model_on(spec: &str, context: Option<usize>, device: Device) -> Resu
 fn load_cuda(spec: &str, context: Option<usize>) -> Result<LoadedModel> {
     use spedec_neox::cuda_model::shared_gpu;
     use spedec_neox::{CudaModel, CudaOptions};
-    use spedec_report::Gpu;
 
     // The device first: no point reading gigabytes of weights without one.
     let gpu = shared_gpu().map_err(cpu_advice)?;
     let (name, driver, memory_bytes) = gpu.device_info();
-    let machine = Machine::cuda(Gpu {
+    let machine = machine(Some(Gpu {
         name,
         driver,
         memory_bytes: memory_bytes as u64,
-    });
+    }));
     let files = ModelFiles::open(spec)?;
     let options = CudaOptions {
         capacity: context,

@@ -14,7 +14,8 @@ use spedec_speculative::{token_nll, Lm, NllTotals};
 /// Tokens per forward call: logits of a whole 2048-token window would take 400 MB.
 const CHUNK: usize = 256;
 
-/// Scores `ids` with `target` (and `draft`); `progress(done, total)` is called per chunk.
+/// Scores `ids` with `target` (and `draft`); `progress(scored, total)` is called per chunk,
+/// counting scored tokens (each once, however many windows hold it).
 pub fn perplexity<T: Lm + ?Sized, D: Lm + ?Sized>(
     target: &mut T,
     mut draft: Option<&mut D>,
@@ -53,10 +54,13 @@ pub fn perplexity<T: Lm + ?Sized, D: Lm + ?Sized>(
     }
     let sampler = Sampler::Random(SamplingParams::default());
     let spans = windows.spans(ids.len());
-    let total: usize = spans.iter().map(|(b, e, _)| e - b).sum();
+    let processed: usize = spans.iter().map(|(b, e, _)| e - b).sum();
+    let total: usize = spans
+        .iter()
+        .map(|&(_, e, first)| e.saturating_sub(first))
+        .sum();
     let start = Instant::now();
     let mut totals = NllTotals::default();
-    let mut done = 0;
     for &(begin, end, first_scored) in &spans {
         target.truncate(0)?;
         if let Some(d) = draft.as_deref_mut() {
@@ -84,8 +88,7 @@ pub fn perplexity<T: Lm + ?Sized, D: Lm + ?Sized>(
                 };
                 totals.add(nll);
             }
-            done += chunk.len();
-            progress(done, total);
+            progress(totals.tokens, total);
             at = stop;
         }
     }
@@ -104,6 +107,6 @@ pub fn perplexity<T: Lm + ?Sized, D: Lm + ?Sized>(
         windows,
         num_windows: spans.len(),
         seconds,
-        tokens_per_second: total as f64 / seconds.max(1e-9),
+        tokens_per_second: processed as f64 / seconds.max(1e-9),
     })
 }

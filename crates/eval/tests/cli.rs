@@ -225,3 +225,303 @@ fn bad_input_gives_one_line_errors() {
     ]));
     assert!(line.contains("temperature"), "{line}");
 }
+
+/// A folder with the golden fixture model (vocab 1000), a tokenizer and `edit`ed config.
+fn fixture_folder(dir: &Path, edit: impl FnOnce(&mut Value)) -> PathBuf {
+    let golden =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures/golden/parallel-f16");
+    let folder = dir.join("model");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(
+        golden.join("model.safetensors"),
+        folder.join("model.safetensors"),
+    )
+    .unwrap();
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(golden.join("config.json")).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(folder.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(
+        folder.join("tokenizer.json"),
+        spedec_neox::Tokenizer::pythia_json(),
+    )
+    .unwrap();
+    folder
+}
+
+#[test]
+fn a_huge_max_position_embeddings_gets_a_capped_cache_and_huge_contexts_a_clean_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture_folder(tmp.path(), |c| {
+        c["max_position_embeddings"] = serde_json::json!(1_000_000_000_000u64)
+    });
+    let model = model.to_str().unwrap();
+    // "a b c" has ids below the fixture's vocabulary of 1000.
+    let base = [
+        "generate", "-m", model, "-p", "a b c", "-n", "3", "--device", "cpu",
+    ];
+    let out = spedec(&base);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut args = base.to_vec();
+    args.extend(["--context", "1000000000000"]);
+    let out = spedec(&args);
+    assert_eq!(out.status.code(), Some(1), "an error, not an abort");
+    let line = error_line(&out);
+    assert!(
+        line.contains("KV cache (1000000000000 positions") && line.contains("PiB"),
+        "{line}"
+    );
+}
+
+#[test]
+fn output_paths_are_checked_before_any_work_and_nothing_is_left_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("out");
+    std::fs::create_dir(&dir).unwrap();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let (dir_s, in_file) = (
+        dir.to_str().unwrap().to_string(),
+        file.join("x.json").to_str().unwrap().to_string(),
+    );
+    // The model does not exist: failing on the path first shows it is checked before loading.
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", "--target", "/no/such/model", "--draft", "/no/such"];
+        args.extend(extra);
+        spedec(&args)
+    };
+    for (flag, path, want) in [
+        ("--json", &dir_s, "it is a folder"),
+        ("--markdown", &dir_s, "it is a folder"),
+        ("--json", &in_file, "is not a folder"),
+    ] {
+        let line = error_line(&bench(&[flag, path]));
+        assert!(
+            line.contains(&format!("bad {flag}: cannot write {path}")) && line.contains(want),
+            "{line}"
+        );
+    }
+    let line = error_line(&spedec(&[
+        "bench-kernels",
+        "-m",
+        "/no/such/model",
+        "--json",
+        &dir_s,
+    ]));
+    assert!(line.contains("bad --json"), "{line}");
+    let line = error_line(&spedec(&[
+        "generate", "-m", "/no/such", "-p", "Hi", "--json", &dir_s,
+    ]));
+    assert!(line.contains("bad --json"), "{line}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no file left");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2);
+}
+
+/// `spedec bench` of pythia-14m, one measured run per line of `prompts`, with `extra` flags.
+fn tiny_bench(prompts: &Path, extra: &[&str]) -> Output {
+    let prompts = prompts.to_str().unwrap();
+    let mut args = vec!["bench", "-m", "synthetic:pythia-14m", "--prompts", prompts];
+    args.extend(["--runs", "1", "--warmup", "0", "--device", "cpu"]);
+    args.extend(extra);
+    spedec(&args)
+}
+
+#[test]
+fn early_stops_are_said_on_stderr_and_tables_say_what_was_generated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = spedec(&[
+        "generate",
+        "-m",
+        "synthetic:pythia-14m",
+        "-p",
+        "The history of the city",
+        "-n",
+        "30",
+        "-c",
+        "12",
+        "--device",
+        "cpu",
+    ]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "warning: stopped after 8 of 30 new tokens: the context of 12 positions \
+             (the prompt took 5) is full"
+        ) && err.contains("raise --context (the model allows 2048)"),
+        "{err}"
+    );
+
+    let prompts = tmp.path().join("prompts.txt");
+    std::fs::write(&prompts, "The history of the city\nIn machine learning\n").unwrap();
+    let report = tmp.path().join("sub/report.json");
+    let out = tiny_bench(
+        &prompts,
+        &[
+            "--draft",
+            "synthetic:pythia-14m:seed=2",
+            "-n",
+            "40",
+            "-c",
+            "12",
+            "--json",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("new tokens (40 asked; the context filled up)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("40 new tokens"), "{stdout}");
+    assert!(stderr.contains("warning: runs made"), "{stderr}");
+    let v: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(v["new_tokens"]["max"].as_f64().unwrap() < 40.0, "{v}");
+    assert_eq!(v["max_new_tokens"], 40);
+}
+
+#[test]
+fn json_takes_an_optional_file_everywhere_and_llama_cpp_short_flags_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wiki = wiki();
+    let ppl = |json: &[&str]| {
+        let mut args = vec![
+            "-t",
+            "1",
+            "ppl",
+            "-m",
+            "synthetic:pythia-14m",
+            "-f",
+            wiki.to_str().unwrap(),
+            "--max-tokens",
+            "100",
+            "-c",
+            "64",
+            "--device",
+            "cpu",
+        ];
+        args.extend(json);
+        spedec(&args)
+    };
+    let on_stdout = json_of(&ppl(&["--json"]));
+    assert_eq!(on_stdout["tokens"], 99);
+    assert_eq!(on_stdout["cpu_threads"], 1, "--threads sizes the pool");
+    assert_eq!(json_of(&ppl(&["--json", "-"]))["ppl"], on_stdout["ppl"]);
+    let file = tmp.path().join("ppl.json");
+    let out = ppl(&["--json", file.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tokens scored: 99"));
+    let v: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(v["ppl"], on_stdout["ppl"]);
+
+    let file = tmp.path().join("gen.jsonl");
+    let out = spedec(&[
+        "generate",
+        "-m",
+        "synthetic:pythia-14m",
+        "-p",
+        "Hello",
+        "-n",
+        "4",
+        "-s",
+        "3",
+        "--temperature",
+        "0.8",
+        "--samples",
+        "2",
+        "--json",
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--- sample 1"));
+    let lines = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(lines.lines().count(), 2);
+    for line in lines.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["tokens"].as_array().unwrap().len(), 4);
+    }
+
+    // bench --json with no FILE: the report on stdout, the table on stderr.
+    let prompts = tmp.path().join("prompts.txt");
+    std::fs::write(&prompts, "Hello\n").unwrap();
+    let out = tiny_bench(
+        &prompts,
+        &[
+            "--draft-max",
+            "2",
+            "--draft",
+            "synthetic:pythia-14m",
+            "-n",
+            "3",
+            "--json",
+        ],
+    );
+    let v = json_of(&out);
+    assert_eq!(
+        (v["gamma"].clone(), v["max_new_tokens"].clone()),
+        (2.into(), 3.into())
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("| model / mode |"));
+
+    // Negative numbers need no `=`; they reach the sampler's own check.
+    let line = error_line(&spedec(&[
+        "generate",
+        "-m",
+        "synthetic:pythia-14m",
+        "-p",
+        "Hi",
+        "--temperature",
+        "-1",
+    ]));
+    assert!(
+        line.contains("temperature must be finite and > 0"),
+        "{line}"
+    );
+    let line = error_line(&spedec(&["-t", "0", "generate", "-m", "x", "-p", "Hi"]));
+    assert!(line.contains("--threads must be at least 1"), "{line}");
+}
+
+#[test]
+fn convert_turns_a_pytorch_bin_into_a_loadable_folder_and_refuses_to_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = fixture_folder(tmp.path(), |_| {});
+    std::fs::remove_file(folder.join("model.safetensors")).unwrap();
+    let bin =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures/pytorch/parallel-f16.bin");
+    std::fs::copy(&bin, folder.join("pytorch_model.bin")).unwrap();
+    let dir = folder.to_str().unwrap();
+    // Before: a clear error saying what the folder has.
+    let line = error_line(&spedec(&[
+        "generate", "-m", dir, "-p", "Hello", "-n", "2", "--greedy",
+    ]));
+    assert!(line.contains("has only pytorch_model.bin"), "{line}");
+    let out = spedec(&["convert", "--input", dir]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("converted 32 tensors"));
+    let out = spedec(&[
+        "generate", "-m", dir, "-p", "a b", "-n", "2", "--greedy", "--json",
+    ]);
+    assert_eq!(json_of(&out)["tokens"].as_array().map(Vec::len), Some(2));
+    // A second conversion would replace the file: refused without --force.
+    let line = error_line(&spedec(&["convert", "--input", dir]));
+    assert!(line.contains("exists; pass --force"), "{line}");
+    let out = spedec(&["convert", "--input", dir, "--force"]);
+    assert!(out.status.success());
+    let line = error_line(&spedec(&[
+        "convert",
+        "--input",
+        tmp.path().join("none.bin").to_str().unwrap(),
+    ]));
+    assert!(line.contains("bad --input"), "{line}");
+}

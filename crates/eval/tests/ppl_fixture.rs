@@ -42,8 +42,16 @@ fn spec_ppl_equals_target_ppl_on_fixture_models() {
         );
         assert!((dppl - ppl).abs() > 1e-2 * ppl);
         // Without a draft the target PPL is the same number.
-        let alone =
-            perplexity(&mut target, None::<&mut CpuModel>, &ids, windows, |_, _| {}).unwrap();
+        // The progress counts scored tokens, each once although strided windows overlap.
+        let mut last = (0, 0);
+        let alone = perplexity(&mut target, None::<&mut CpuModel>, &ids, windows, |d, t| {
+            last = (d, t)
+        })
+        .unwrap();
         assert_eq!(alone.ppl, ppl);
+        assert_eq!(last, (alone.tokens, alone.tokens), "{method:?}");
+        if method == Method::Strided {
+            assert_eq!(alone.tokens, 199, "every token but the first, once");
+        }
     }
 }

@@ -16,10 +16,16 @@ pub struct KvCursor {
 }
 
 impl KvCursor {
-    /// An empty cache of `capacity` positions (default: `max_positions`); the capacity must
-    /// be between 1 and `max_positions`.
+    /// The context length a cache gets when none is asked for: the model's
+    /// `max_position_embeddings`, but at most this many positions (Pythia's 2048 is below
+    /// it). A config may claim a huge number of positions; a cache sized from that would ask
+    /// for more memory than any machine has, so a longer context must be asked for.
+    pub const DEFAULT_CONTEXT_CAP: usize = 4096;
+
+    /// An empty cache of `capacity` positions (default: `max_positions`, at most
+    /// [`DEFAULT_CONTEXT_CAP`](Self::DEFAULT_CONTEXT_CAP)); the capacity must be between 1 and `max_positions`.
     pub fn new(capacity: Option<usize>, max_positions: usize) -> Result<Self> {
-        let capacity = capacity.unwrap_or(max_positions);
+        let capacity = capacity.unwrap_or(max_positions.min(Self::DEFAULT_CONTEXT_CAP));
         if capacity == 0 || capacity > max_positions {
             bail!(
                 "context length {capacity} must be between 1 and the model's max positions \
@@ -102,6 +108,17 @@ mod tests {
     fn capacity_must_fit_the_model() {
         assert_eq!(KvCursor::new(None, 64).unwrap().capacity(), 64);
         assert_eq!(KvCursor::new(Some(8), 64).unwrap().capacity(), 8);
+        // A huge max_position_embeddings gets the capped default unless more is asked for.
+        let huge = 1_000_000_000_000;
+        assert_eq!(
+            KvCursor::new(None, huge).unwrap().capacity(),
+            KvCursor::DEFAULT_CONTEXT_CAP
+        );
+        assert_eq!(KvCursor::new(None, 2048).unwrap().capacity(), 2048);
+        assert_eq!(
+            KvCursor::new(Some(10_000), huge).unwrap().capacity(),
+            10_000
+        );
         for bad in [0, 65] {
             let err = KvCursor::new(Some(bad), 64).unwrap_err().to_string();
             assert!(

@@ -164,6 +164,21 @@ impl Config {
         if self.vocab_size > u32::MAX as usize {
             bail!("vocab_size {} does not fit token ids", self.vocab_size);
         }
+        // Every buffer the weights need is sized from these numbers: their total must be
+        // addressable (as f32) before anything is allocated from them. The KV cache, sized
+        // from the asked-for context, is checked where it is allocated.
+        let parameters = self.num_parameters_u128();
+        if parameters.saturating_mul(4) > isize::MAX as u128 {
+            bail!(
+                "the config describes {parameters} parameters (hidden_size {}, \
+                 intermediate_size {}, num_hidden_layers {}, vocab_size {}): more than this \
+                 machine can address",
+                self.hidden_size,
+                self.intermediate_size,
+                self.num_layers,
+                self.vocab_size
+            );
+        }
         Ok(())
     }
 
@@ -224,6 +239,21 @@ impl Config {
             "use_parallel_residual": self.use_parallel_residual,
             "vocab_size": self.vocab_size,
         })
+    }
+
+    /// [`num_parameters`](Self::num_parameters) without overflow (saturating at `u128::MAX`).
+    fn num_parameters_u128(&self) -> u128 {
+        let (d, i) = (self.hidden_size as u128, self.intermediate_size as u128);
+        let attn_bias = if self.attention_bias { 4 * d } else { 0 };
+        let per_layer = (4 * d)
+            .saturating_add(d.saturating_mul(d).saturating_mul(4))
+            .saturating_add(attn_bias)
+            .saturating_add(d.saturating_mul(i).saturating_mul(2))
+            .saturating_add(i + d);
+        (2 * self.vocab_size as u128)
+            .saturating_mul(d)
+            .saturating_add((self.num_layers as u128).saturating_mul(per_layer))
+            .saturating_add(2 * d)
     }
 
     /// Number of parameters, counting `embed_in` and `embed_out`.
@@ -303,10 +333,30 @@ mod tests {
     }
 
     #[test]
+    fn sizes_are_checked_before_anything_is_allocated() {
+        // A huge max_position_embeddings is a valid config: the KV cache is sized from the
+        // context asked for (capped by default), not from this number.
+        let text = HUB_70M.replace(
+            r#""max_position_embeddings":2048"#,
+            r#""max_position_embeddings":1000000000000"#,
+        );
+        let c = Config::from_json_str(&text).unwrap();
+        assert_eq!(c.max_position_embeddings, 1_000_000_000_000);
+        // Shapes whose weights could never be addressed are refused with the numbers.
+        let text = HUB_70M.replace(r#""vocab_size":50304"#, r#""vocab_size":4000000000"#);
+        let text = text.replace(r#""hidden_size":512"#, r#""hidden_size":4000000000"#);
+        let text = text.replace(r#""num_attention_heads":8"#, r#""num_attention_heads":1"#);
+        let err = format!("{:#}", Config::from_json_str(&text).unwrap_err());
+        assert!(err.contains("more than this machine can address"), "{err}");
+        assert!(err.contains("hidden_size 4000000000"), "{err}");
+    }
+
+    #[test]
     fn pythia_2_8b_parameter_count() {
         let c = Config::pythia("pythia-2.8b").unwrap();
         // 2,775,208,960 parameters in the released checkpoint.
         assert_eq!(c.num_parameters(), 2_775_208_960);
+        assert_eq!(c.num_parameters_u128(), 2_775_208_960);
         assert!(Config::pythia("pythia-3b").is_err());
     }
 }

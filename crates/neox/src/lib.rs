@@ -8,6 +8,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda_model;
 pub mod model;
+pub mod pytorch;
 pub mod source;
 pub mod synthetic;
 pub mod tokenizer;

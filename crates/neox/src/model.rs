@@ -4,7 +4,7 @@
 //! then per layer LayerNorm → fused QKV → rotary → cache write → causal attention → dense,
 //! and the MLP (parallel or sequential residual), then the final LayerNorm and `embed_out`.
 
-use anyhow::Result;
+use anyhow::{anyhow, bail, Context, Result};
 use spedec_lm::{KvCursor, Lm, Logits};
 
 use crate::config::Config;
@@ -27,21 +27,85 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    fn new(config: &Config, cursor: KvCursor) -> Self {
-        let layer_stride = config.num_heads * cursor.capacity() * config.head_dim();
-        let total = config.num_layers * layer_stride;
-        KvCache {
-            keys: vec![0.0; total],
-            values: vec![0.0; total],
+    /// Zeroed keys and values for `cursor.capacity()` positions; a size that overflows, that
+    /// exceeds the memory this machine has available, or that cannot be allocated is an
+    /// error naming the bytes asked for (never an abort).
+    fn new(config: &Config, cursor: KvCursor) -> Result<Self> {
+        let capacity = cursor.capacity();
+        let layer_stride = config
+            .num_heads
+            .checked_mul(capacity)
+            .and_then(|n| n.checked_mul(config.head_dim()));
+        let total = layer_stride.and_then(|s| s.checked_mul(config.num_layers));
+        let bytes = total.and_then(|t| t.checked_mul(2 * std::mem::size_of::<f32>()));
+        let (Some(layer_stride), Some(total), Some(bytes)) = (layer_stride, total, bytes) else {
+            bail!(
+                "a KV cache of {capacity} positions ({} layers × {} hidden) is too large to \
+                 address; use a shorter context length",
+                config.num_layers,
+                config.hidden_size
+            );
+        };
+        let what = || format!("the KV cache ({capacity} positions, {})", fmt_bytes(bytes));
+        if let Some(available) = available_memory() {
+            if bytes as u64 > available {
+                bail!(
+                    "{} does not fit the {} of memory available; use a shorter context length",
+                    what(),
+                    fmt_bytes(available as usize)
+                );
+            }
+        }
+        Ok(KvCache {
+            keys: try_zeroed(total).with_context(what)?,
+            values: try_zeroed(total).with_context(what)?,
             layer_stride,
             cursor,
-        }
+        })
     }
 
     /// Bytes held by the cache.
     pub fn bytes(&self) -> usize {
         (self.keys.len() + self.values.len()) * 4
     }
+}
+
+/// A vector of `len` default values (zeros), or an error naming the bytes that could not be
+/// allocated, instead of the abort `vec![0; len]` gives.
+pub(crate) fn try_zeroed<T: Clone + Default>(len: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        anyhow!(
+            "cannot allocate {}",
+            fmt_bytes(len.saturating_mul(std::mem::size_of::<T>()))
+        )
+    })?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
+/// `bytes` in the largest binary unit that keeps it at least 1 (`1.5 GiB`, `64 KiB`).
+pub(crate) fn fmt_bytes(bytes: usize) -> String {
+    const UNITS: [&str; 6] = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The memory this machine can still give (Linux's `MemAvailable`), when known.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// A GPT-NeoX model on the CPU holding its own KV cache.
@@ -54,7 +118,8 @@ pub struct CpuModel {
 }
 
 impl CpuModel {
-    /// A model whose cache holds `capacity` positions (at most `max_position_embeddings`).
+    /// A model whose cache holds `capacity` positions (at most `max_position_embeddings`;
+    /// default: that, capped at [`KvCursor::DEFAULT_CONTEXT_CAP`]).
     pub fn new(
         config: Config,
         weights: Weights,
@@ -62,8 +127,12 @@ impl CpuModel {
         isa: Isa,
     ) -> Result<Self> {
         let cursor = KvCursor::new(capacity, config.max_position_embeddings)?;
-        let rope = Rope::new(config.rotary_dims(), config.rotary_base, cursor.capacity());
-        let cache = KvCache::new(&config, cursor);
+        let cache = KvCache::new(&config, cursor)?;
+        let rope = Rope::new(
+            config.rotary_dims(),
+            config.rotary_base,
+            cache.cursor.capacity(),
+        )?;
         let weights = PackedWeights::pack(weights)?;
         Ok(CpuModel {
             config,
@@ -246,5 +315,42 @@ impl Lm for CpuModel {
     }
     fn truncate(&mut self, len: usize) -> Result<()> {
         self.cache.cursor.truncate(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_cache_is_an_error_naming_its_size_not_an_abort() {
+        let mut config = Config::pythia("pythia-14m").unwrap();
+        config.max_position_embeddings = 1_000_000_000_000;
+        // The default context is capped, so such a config still loads.
+        let cursor = KvCursor::new(None, config.max_position_embeddings).unwrap();
+        let cache = KvCache::new(&config, cursor).unwrap();
+        assert_eq!(cache.cursor.capacity(), KvCursor::DEFAULT_CONTEXT_CAP);
+        assert_eq!(cache.bytes(), 6 * 128 * 4096 * 2 * 4);
+        // Asking for all of it: 6 layers × 128 × 10¹² × 2 × 4 bytes.
+        let cursor = KvCursor::new(Some(1_000_000_000_000), 1_000_000_000_000).unwrap();
+        let err = format!("{:#}", KvCache::new(&config, cursor).err().unwrap());
+        assert!(
+            err.contains("KV cache (1000000000000 positions, 5.5 PiB)"),
+            "{err}"
+        );
+        // A size past the address space.
+        config.max_position_embeddings = usize::MAX;
+        let cursor = KvCursor::new(Some(usize::MAX), usize::MAX).unwrap();
+        let err = format!("{:#}", KvCache::new(&config, cursor).err().unwrap());
+        assert!(err.contains("too large to address"), "{err}");
+        let err = format!("{:#}", Rope::new(8, 1e4, usize::MAX).err().unwrap());
+        assert!(err.contains("rotary table"), "{err}");
+    }
+
+    #[test]
+    fn byte_sizes_read_like_ls_h() {
+        assert_eq!(fmt_bytes(512), "512 bytes");
+        assert_eq!(fmt_bytes(1536), "1.5 KiB");
+        assert_eq!(fmt_bytes(64_000_000_000_000), "58.2 TiB");
     }
 }

@@ -564,26 +564,57 @@ impl TensorTable<'_> {
 /// Flat index of the first NaN or infinity in little-endian `bytes` of `dtype`, if any
 /// (scanned in parallel: a whole checkpoint passes through here once, at load).
 fn first_non_finite(dtype: Dtype, bytes: &[u8]) -> Option<usize> {
-    // Exponent bits all ones means NaN or infinity, in every format.
-    let bad = |chunk: &[u8]| -> Option<usize> {
-        match dtype {
-            Dtype::F32 => chunk.chunks_exact(4).position(|b| {
-                u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
-            }),
-            Dtype::F16 => chunk
-                .chunks_exact(2)
-                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
-            Dtype::Bf16 => chunk
-                .chunks_exact(2)
-                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
-        }
+    // NaN or infinity: the exponent bits all ones, in every format. `mask` repeats the
+    // exponent mask over the lanes of a u64, `low` / `high` the lowest / highest bit of each.
+    let (mask, low, high): (u64, u64, u64) = match dtype {
+        Dtype::F32 => (
+            0x7f80_0000_7f80_0000,
+            0x0000_0001_0000_0001,
+            0x8000_0000_8000_0000,
+        ),
+        Dtype::F16 => (
+            0x7c00_7c00_7c00_7c00,
+            0x0001_0001_0001_0001,
+            0x8000_8000_8000_8000,
+        ),
+        Dtype::Bf16 => (
+            0x7f80_7f80_7f80_7f80,
+            0x0001_0001_0001_0001,
+            0x8000_8000_8000_8000,
+        ),
+    };
+    let size = dtype.size();
+    let lane_mask = mask >> (64 - 8 * size);
+    let is_bad = |b: &[u8]| {
+        let mut x = [0u8; 8];
+        x[..size].copy_from_slice(b);
+        u64::from_le_bytes(x) & lane_mask == lane_mask
+    };
+    // Whether any lane of the words of `chunk` is all ones under the mask: the lanes of
+    // `(x & mask) ^ mask` are zero exactly there, and `(v − low) & !v & high` is non-zero
+    // exactly when some lane of v is zero. Branch-free, so it vectorises.
+    let any_bad = |chunk: &[u8]| {
+        let words = chunk.chunks_exact(8);
+        let tail = words.remainder();
+        let hits = words.fold(0u64, |acc, w| {
+            let v = (u64::from_le_bytes(w.try_into().expect("8 bytes")) & mask) ^ mask;
+            acc | (v.wrapping_sub(low) & !v & high)
+        });
+        hits != 0 || tail.chunks_exact(size).any(is_bad)
     };
     const CHUNK: usize = 1 << 20;
-    let size = dtype.size();
     bytes
         .par_chunks(CHUNK)
         .enumerate()
-        .find_map_first(|(c, chunk)| bad(chunk).map(|i| c * CHUNK / size + i))
+        .find_map_first(|(c, chunk)| {
+            if !any_bad(chunk) {
+                return None;
+            }
+            chunk
+                .chunks_exact(size)
+                .position(is_bad)
+                .map(|i| c * CHUNK / size + i)
+        })
 }
 
 /// Encodes f32 values as little-endian `dtype` bytes (round to nearest even).
@@ -597,6 +628,46 @@ pub(crate) fn encode(dtype: Dtype, values: &[f32]) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod non_finite_tests {
+    use super::{first_non_finite, Dtype};
+
+    #[test]
+    fn every_nan_and_infinity_is_found_at_its_index() {
+        for (dtype, bad) in [
+            (Dtype::F16, vec![0x7c00u64, 0xfc00, 0x7e00, 0x7c01]),
+            (Dtype::Bf16, vec![0x7f80, 0xff80, 0x7fc0]),
+            (Dtype::F32, vec![0x7f80_0000, 0xff80_0000, 0x7fc0_0000]),
+        ] {
+            let size = dtype.size();
+            // Finite values with many exponent bits set: the largest finite, -0, subnormals.
+            let finite: &[u64] = match dtype {
+                Dtype::F16 => &[0x7bff, 0x8000, 0x0001, 0x3c00, 0xfbff],
+                Dtype::Bf16 => &[0x7f7f, 0x8000, 0x0001, 0x3f80],
+                Dtype::F32 => &[0x7f7f_ffff, 0x8000_0000, 0x0000_0001, 0x3f80_0000],
+            };
+            let n = (1 << 20) / size * 2 + 7; // crosses a chunk and ends in a short tail
+            let mut bytes: Vec<u8> = (0..n)
+                .flat_map(|i| finite[i % finite.len()].to_le_bytes()[..size].to_vec())
+                .collect();
+            assert_eq!(first_non_finite(dtype, &bytes), None, "{dtype:?}");
+            for &b in &bad {
+                for at in [0, 3, n / 2, n - 1] {
+                    let mut v = bytes.clone();
+                    v[at * size..(at + 1) * size].copy_from_slice(&b.to_le_bytes()[..size]);
+                    assert_eq!(
+                        first_non_finite(dtype, &v),
+                        Some(at),
+                        "{dtype:?} {b:#x} at {at}"
+                    );
+                }
+            }
+            bytes.truncate(0);
+            assert_eq!(first_non_finite(dtype, &bytes), None);
+        }
+    }
 }
 
 #[cfg(test)]

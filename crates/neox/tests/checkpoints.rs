@@ -2,7 +2,8 @@
 //! and every broken variant (a shard missing, a tensor in the wrong shard, an index that
 //! points outside its folder, a header with an out-of-range offset, a NaN in the weights, a
 //! `pytorch_model.bin`-only folder, a file given as the folder) is one error naming the
-//! culprit.
+//! culprit; a `pytorch_model.bin` converts to the same tensors, and hostile ones (a pickle
+//! that calls `os.system`, truncated or incomplete archives) are refused, running nothing.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::TensorView;
 use safetensors::SafeTensors;
 use spedec_neox::checkpoint::check_header;
+use spedec_neox::pytorch::convert_to_safetensors;
 use spedec_neox::{CpuModel, Isa, Lm, ModelFiles, Tokenizer};
 
 fn golden_dir(name: &str) -> PathBuf {
@@ -217,4 +219,111 @@ fn non_finite_weights_name_the_tensor() {
         err.contains(name) && err.contains("NaN or infinity at element 7"),
         "{err}"
     );
+}
+
+/// The committed `pytorch_model.bin` fixture (`scripts/make_pytorch_fixture.py` from the
+/// parallel-f16 fixture, with a transposed view and the bool / 0-d buffers older
+/// checkpoints carry).
+fn pytorch_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures/pytorch/parallel-f16.bin")
+}
+
+#[test]
+fn pytorch_bin_converts_to_the_same_tensors_and_logits() {
+    let tmp = folder(None);
+    std::fs::remove_file(tmp.path().join("model.safetensors")).unwrap();
+    let out = tmp.path().join("model.safetensors");
+    let n = convert_to_safetensors(&pytorch_fixture(), &out).unwrap();
+    assert_eq!(n, 28 + 4, "parameters plus two buffers per layer");
+    // Every parameter has the safetensors fixture's bytes, the transposed one included.
+    let want = std::fs::read(golden_dir("parallel-f16").join("model.safetensors")).unwrap();
+    let want = SafeTensors::deserialize(&want).unwrap();
+    let got = std::fs::read(&out).unwrap();
+    let got = SafeTensors::deserialize(&got).unwrap();
+    for name in want.names() {
+        let (a, b) = (got.tensor(name).unwrap(), want.tensor(name).unwrap());
+        assert_eq!(
+            (a.dtype(), a.shape(), a.data()),
+            (b.dtype(), b.shape(), b.data()),
+            "{name}"
+        );
+    }
+    let bias = got.tensor("gpt_neox.layers.1.attention.bias").unwrap();
+    assert_eq!(
+        (bias.dtype(), bias.shape()),
+        (safetensors::Dtype::BOOL, &[1, 1, 4, 4][..])
+    );
+    assert_eq!(
+        got.tensor("gpt_neox.layers.0.attention.masked_bias")
+            .unwrap()
+            .shape(),
+        &[] as &[usize]
+    );
+    // And the converted folder runs to the same bits.
+    let reference = logits(folder(None).path());
+    assert!(logits(tmp.path())
+        .iter()
+        .zip(&reference)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+}
+
+/// A zip of `members` (name, bytes), all stored.
+fn zip_of(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, bytes) in members {
+        w.start_file(*name, stored).unwrap();
+        std::io::Write::write_all(&mut w, bytes).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+#[test]
+fn hostile_pytorch_files_are_refused_without_running_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("pytorch_model.bin");
+    let out = tmp.path().join("model.safetensors");
+    let refused = |bytes: &[u8]| -> String {
+        std::fs::write(&bin, bytes).unwrap();
+        let err = format!("{:#}", convert_to_safetensors(&bin, &out).unwrap_err());
+        assert!(!out.exists(), "no output after a refusal");
+        err
+    };
+    // `pickle.dumps` of a call to os.system('touch pwned') (protocol 2).
+    let evil = b"\x80\x02cposix\nsystem\nq\x00X\x0b\x00\x00\x00touch pwnedq\x01\x85q\x02Rq\x03.";
+    let err = refused(&zip_of(&[("archive/data.pkl", evil)]));
+    assert!(
+        err.contains("posix.system") && err.contains("refused"),
+        "{err}"
+    );
+    assert!(!Path::new("pwned").exists());
+    // Not a zip, a zip without data.pkl, and a truncated archive.
+    assert!(refused(b"\x80\x02}q\x00.").contains("not a zip archive"));
+    assert!(refused(&zip_of(&[("archive/version", b"3\n")])).contains("no data.pkl"));
+    let real = std::fs::read(pytorch_fixture()).unwrap();
+    for cut in [real.len() / 3, real.len() - 100] {
+        let err = refused(&real[..cut]);
+        assert!(err.contains("invalid PyTorch checkpoint"), "{err}");
+    }
+    // A storage member missing, and one with fewer bytes than its tensor needs.
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(real.clone())).unwrap();
+    let pickle = {
+        let mut m = zip.by_name("archive/data.pkl").unwrap();
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut m, &mut v).unwrap();
+        v
+    };
+    let err = refused(&zip_of(&[("archive/data.pkl", &pickle)]));
+    assert!(
+        err.contains("storage of tensor") && err.contains("archive/data/0"),
+        "{err}"
+    );
+    let err = refused(&zip_of(&[
+        ("archive/data.pkl", &pickle),
+        ("archive/data/0", b"\x00\x01"),
+    ]));
+    assert!(err.contains("storage 0 has 2 bytes"), "{err}");
+    // No output file was ever created, and the original is untouched.
+    assert_eq!(std::fs::read(pytorch_fixture()).unwrap(), real);
 }

@@ -1,5 +1,5 @@
 //! Hostile input: seeded mutations of real files (the fixtures' safetensors files and
-//! configs, a shard index) fed to the loaders for a time budget each. Every input must give
+//! configs, a shard index, a `pytorch_model.bin` and its pickle) fed to the loaders for a time budget each. Every input must give
 //! `Ok` or an error: never a panic, an abort, or an allocation sized by an unchecked field
 //! (an abort would kill this test binary, so it fails too).
 //!
@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use spedec_neox::checkpoint::ShardIndex;
+use spedec_neox::pytorch::state_dict_from_bytes;
 use spedec_neox::{Config, Weights};
 
 fn visible(msg: &str) {
@@ -231,6 +232,67 @@ fn mutated_shard_indexes_never_panic() {
     let hot = 0..text.len();
     let (_, refused) = fuzz("shard-index", &[(text, hot)], |input| {
         ShardIndex::parse(&String::from_utf8_lossy(input), &path).is_ok()
+    });
+    assert!(refused > 0);
+}
+
+fn pytorch_fixture() -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures/pytorch/parallel-f16.bin"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn mutated_pytorch_archives_never_panic() {
+    let bytes = pytorch_fixture();
+    state_dict_from_bytes(&bytes).unwrap();
+    // The zip's directory sits at the end, the pickle (the first member) at the start.
+    let hot = bytes.len().saturating_sub(4096)..bytes.len();
+    let (_, refused) = fuzz("pytorch-zip", &[(bytes, hot)], |input| {
+        state_dict_from_bytes(input).is_ok()
+    });
+    assert!(refused > 0);
+}
+
+#[test]
+fn mutated_state_dict_pickles_never_panic() {
+    // Each mutated pickle goes back into the archive beside the real storages, so the
+    // unpickler (not the zip's checksums) sees it.
+    let real = pytorch_fixture();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&real[..])).unwrap();
+    let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..zip.len() {
+        let mut m = zip.by_index(i).unwrap();
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut m, &mut v).unwrap();
+        members.push((m.name().to_string(), v));
+    }
+    let pickle = members
+        .iter()
+        .find(|(n, _)| n.ends_with("data.pkl"))
+        .unwrap()
+        .1
+        .clone();
+    let rezip = |pickle: &[u8]| {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for (name, bytes) in &members {
+            w.start_file(name.as_str(), stored).unwrap();
+            let data = if name.ends_with("data.pkl") {
+                pickle
+            } else {
+                bytes
+            };
+            std::io::Write::write_all(&mut w, data).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    };
+    state_dict_from_bytes(&rezip(&pickle)).unwrap();
+    let hot = 0..pickle.len();
+    let (_, refused) = fuzz("state-dict-pickle", &[(pickle, hot)], |input| {
+        state_dict_from_bytes(&rezip(input)).is_ok()
     });
     assert!(refused > 0);
 }

@@ -70,7 +70,12 @@ pub struct ModeReport<R = serde_json::Value> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport<R = serde_json::Value> {
     pub gamma: usize,
+    /// New tokens each run was asked for.
     pub max_new_tokens: usize,
+    /// New tokens the measured runs actually made (fewer than asked when the context filled
+    /// up); absent in reports written before it was recorded.
+    #[serde(default)]
+    pub new_tokens: Option<Summary>,
     pub runs: usize,
     pub warmup: usize,
     pub prompts: Vec<String>,
@@ -96,6 +101,31 @@ pub struct BenchReport<R = serde_json::Value> {
 }
 
 impl<R> BenchReport<R> {
+    /// Whether some measured run stopped before `max_new_tokens`.
+    pub fn stopped_early(&self) -> bool {
+        self.new_tokens
+            .is_some_and(|s| s.min < self.max_new_tokens as f64)
+    }
+
+    /// What the runs generated, for a table's title: `200 new tokens`, or when runs stopped
+    /// early `3–9 new tokens (200 asked; the context filled up)`.
+    pub fn new_tokens_label(&self) -> String {
+        match self.new_tokens {
+            Some(s) if self.stopped_early() => {
+                let made = if s.min == s.max {
+                    format!("{}", s.min)
+                } else {
+                    format!("{}–{}", s.min, s.max)
+                };
+                format!(
+                    "{made} new tokens ({} asked; the context filled up)",
+                    self.max_new_tokens
+                )
+            }
+            _ => format!("{} new tokens", self.max_new_tokens),
+        }
+    }
+
     /// The report of `mode`, if measured.
     pub fn mode(&self, mode: BenchMode) -> Option<&ModeReport<R>> {
         self.modes.iter().find(|m| m.mode == mode)
@@ -232,10 +262,31 @@ mod tests {
             ("cpu", json!("")),
             ("cpu_threads", json!(0)),
             ("device", json!("cpu")),
+            ("new_tokens", json!(null)),
         ] {
             want[k] = v;
         }
         assert_eq!(back, want);
+    }
+
+    #[test]
+    fn titles_say_what_the_runs_generated() {
+        let mut r: BenchReport = serde_json::from_value(report()).unwrap();
+        assert_eq!(r.new_tokens_label(), "8 new tokens");
+        r.new_tokens = Summary::of(&[8.0, 8.0]);
+        assert!(!r.stopped_early());
+        assert_eq!(r.new_tokens_label(), "8 new tokens");
+        r.new_tokens = Summary::of(&[3.0, 6.0, 5.0]);
+        assert!(r.stopped_early());
+        assert_eq!(
+            r.new_tokens_label(),
+            "3–6 new tokens (8 asked; the context filled up)"
+        );
+        r.new_tokens = Summary::of(&[3.0]);
+        assert_eq!(
+            r.new_tokens_label(),
+            "3 new tokens (8 asked; the context filled up)"
+        );
     }
 
     #[test]

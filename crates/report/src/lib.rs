@@ -58,4 +58,4 @@ pub mod write;
 pub use device::Device;
 pub use machine::{Gpu, Machine};
 pub use summary::{fmt_opt, Summary};
-pub use write::write_atomic;
+pub use write::{check_writable, write_atomic};

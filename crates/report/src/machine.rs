@@ -32,7 +32,8 @@ pub struct Machine {
     /// The host CPU's model name.
     #[serde(default)]
     pub cpu: String,
-    /// Hardware threads of the host.
+    /// Threads the run's CPU work had: the host's hardware threads, unless the run was
+    /// given fewer.
     #[serde(default)]
     pub cpu_threads: usize,
     /// `cpu` or `cuda`: where the models ran.

@@ -5,19 +5,19 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// Writes `bytes` to `path` under a temporary name in the same folder (created when missing),
 /// flushes it to disk, then renames it over `path`; on failure the temporary file is removed
 /// and `path` is left as it was.
+///
+/// A `path` that is a folder, or that has no file name, is refused before anything is made.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = file_name(path)?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(dir) = dir {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".{}.tmp", std::process::id()));
@@ -39,6 +39,65 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Checks, before any work, that [`write_atomic`] can later write `path`: it must name a file
+/// (not a folder), and its nearest existing ancestor must be a folder in which a file can be
+/// created (missing folders below it are created by the write, not now). Nothing is left
+/// behind: the probe file is removed at once.
+pub fn check_writable(path: &Path) -> Result<()> {
+    file_name(path)?;
+    let mut dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    while !dir.exists() {
+        match dir.parent() {
+            Some(up) if !up.as_os_str().is_empty() => dir = up,
+            _ => {
+                dir = Path::new(".");
+                break;
+            }
+        }
+    }
+    if !dir.is_dir() {
+        bail!(
+            "cannot write {}: {} is not a folder",
+            path.display(),
+            dir.display()
+        );
+    }
+    let probe = dir.join(format!(".spedec-probe.{}.tmp", std::process::id()));
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(file) => {
+            drop(file);
+            let _ = fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(err) => Err(err).with_context(|| {
+            format!(
+                "cannot write {}: cannot create a file in {}",
+                path.display(),
+                dir.display()
+            )
+        }),
+    }
+}
+
+/// The file name of `path`, or an error when it names a folder or has none.
+fn file_name(path: &Path) -> Result<&std::ffi::OsStr> {
+    if path.is_dir() {
+        bail!(
+            "cannot write {}: it is a folder; expected a file path",
+            path.display()
+        );
+    }
+    path.file_name()
+        .with_context(|| format!("cannot write {}: expected a file path", path.display()))
 }
 
 #[cfg(test)]
@@ -64,9 +123,47 @@ mod tests {
         let blocked = dir.path().join("blocked");
         fs::create_dir_all(blocked.join("inner")).unwrap();
         let err = write_atomic(&blocked, b"new").unwrap_err();
-        assert!(format!("{err:#}").contains("cannot write"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("blocked: it is a folder; expected a file path"),
+            "{err:#}"
+        );
         assert_eq!(fs::read_to_string(&path).unwrap(), "old");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_folder_where_no_file_can_be_made_is_named_early_and_late() {
+        // Nobody, root included, creates files in /proc.
+        let err = check_writable(Path::new("/proc/spedec-no/out.json")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("cannot create a file in /proc"),
+            "{err:#}"
+        );
+        let err = write_atomic(Path::new("/proc/out.json"), b"x").unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("cannot write /proc/out.json"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn check_writable_refuses_folders_and_files_in_the_way_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        check_writable(&dir.path().join("out.json")).unwrap();
+        check_writable(&dir.path().join("no/such/dir/out.json")).unwrap();
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no probe left"
+        );
+        let err = check_writable(dir.path()).unwrap_err();
+        assert!(format!("{err:#}").contains("it is a folder"), "{err:#}");
+        let file = dir.path().join("file");
+        fs::write(&file, "x").unwrap();
+        let err = check_writable(&file.join("out.json")).unwrap_err();
+        assert!(format!("{err:#}").contains("is not a folder"), "{err:#}");
+        check_writable(Path::new("relative-out.json")).unwrap();
     }
 }

@@ -2,18 +2,18 @@
 //! a `Range` request (also after a dropped connection; `Http::retries`
 //! attempts in a row without progress end it), checked against an expected
 //! sha256, and written atomically (`<name>.incomplete`, fsync, rename), with
-//! a progress bar.
+//! its progress on stderr ([`Progress`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use super::files::{self, hex};
 use super::http::{self, Http, Site, StatusContext};
+use super::progress::Progress;
 
 /// What the downloaded bytes must hash to.
 #[derive(Clone, Copy, Debug)]
@@ -75,7 +75,7 @@ pub fn fetch(http: &Http, req: &Request) -> Result<Fetched> {
     let mut total = req.size;
     let mut hasher = Sha256::new();
     let mut hashed = 0u64;
-    let bar = progress_bar(req.label, total, have);
+    let mut bar = Progress::start(req.label, http::host_of(req.url), total, have);
     let mut failures = 0u32;
     let mut buf = vec![0u8; 1 << 18];
 
@@ -92,10 +92,10 @@ pub fn fetch(http: &Http, req: &Request) -> Result<Fetched> {
             Ok(r) => r,
             Err(e) if http::is_transient(&e) && failures < http.retries => {
                 failures += 1;
-                note(
-                    &bar,
-                    format!("{}: {e}; retrying ({failures}/{})", req.label, http.retries),
-                );
+                bar.note(&format!(
+                    "{}: {e}; retrying ({failures}/{})",
+                    req.label, http.retries
+                ));
                 http.pause(failures);
                 continue;
             }
@@ -149,13 +149,10 @@ pub fn fetch(http: &Http, req: &Request) -> Result<Fetched> {
             }
             s if http::is_transient_status(s) && failures < http.retries => {
                 failures += 1;
-                note(
-                    &bar,
-                    format!(
-                        "{}: HTTP {s}; retrying ({failures}/{})",
-                        req.label, http.retries
-                    ),
-                );
+                bar.note(&format!(
+                    "{}: HTTP {s}; retrying ({failures}/{})",
+                    req.label, http.retries
+                ));
                 http.pause(failures);
                 continue;
             }
@@ -185,7 +182,14 @@ pub fn fetch(http: &Http, req: &Request) -> Result<Fetched> {
             .with_context(|| format!("seeking in {}", partial.display()))?;
         let mut body = response.into_body().into_reader();
         let before = have;
-        let outcome = copy_body(&mut body, &mut file, &mut buf, &mut hasher, &mut have, &bar);
+        let outcome = copy_body(
+            &mut body,
+            &mut file,
+            &mut buf,
+            &mut hasher,
+            &mut have,
+            &mut bar,
+        );
         hashed = have;
         if have > before {
             // Only attempts that make no progress at all use up the retries.
@@ -202,15 +206,12 @@ pub fn fetch(http: &Http, req: &Request) -> Result<Fetched> {
             }
             Err(CopyError::Read(err)) if http::is_transient_io(&err) && failures < http.retries => {
                 failures += 1;
-                note(
-                    &bar,
-                    format!(
-                        "{}: connection lost after {} ({err}); resuming ({failures}/{})",
-                        req.label,
-                        files::human_bytes(have),
-                        http.retries
-                    ),
-                );
+                bar.note(&format!(
+                    "{}: connection lost after {} ({err}); resuming ({failures}/{})",
+                    req.label,
+                    files::human_bytes(have),
+                    http.retries
+                ));
                 http.pause(failures);
                 continue;
             }
@@ -241,7 +242,7 @@ pub fn fetch(http: &Http, req: &Request) -> Result<Fetched> {
             _ => break,
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
 
     if hashed != have {
         hasher = Sha256::new();
@@ -274,15 +275,6 @@ pub fn fetch(http: &Http, req: &Request) -> Result<Fetched> {
         bytes: have,
         resumed_from,
     })
-}
-
-/// A status line above the progress bar (or on stderr when there is no bar).
-fn note(bar: &ProgressBar, line: String) {
-    if bar.is_hidden() {
-        eprintln!("{line}");
-    } else {
-        bar.println(line);
-    }
 }
 
 fn truncate(file: &mut File, path: &Path) -> Result<()> {
@@ -318,7 +310,7 @@ pub fn copy_body(
     buf: &mut [u8],
     hasher: &mut Sha256,
     have: &mut u64,
-    bar: &ProgressBar,
+    bar: &mut Progress,
 ) -> Result<(), CopyError> {
     loop {
         let n = match body.read(buf) {
@@ -332,21 +324,6 @@ pub fn copy_body(
         *have += n as u64;
         bar.set_position(*have);
     }
-}
-
-fn progress_bar(label: &str, total: Option<u64>, position: u64) -> ProgressBar {
-    let bar = ProgressBar::new(total.unwrap_or(0));
-    let template = if total.is_some() {
-        "{msg:24!} [{bar:30}] {binary_bytes:>10}/{binary_total_bytes:<10} {binary_bytes_per_sec:>12} eta {eta}"
-    } else {
-        "{msg:24!} {spinner} {binary_bytes:>10} {binary_bytes_per_sec:>12}"
-    };
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(label.to_string());
-    bar.set_position(position);
-    bar
 }
 
 #[cfg(test)]
@@ -370,9 +347,16 @@ mod tests {
         let mut full = OpenOptions::new().write(true).open("/dev/full").unwrap();
         let mut body = io::repeat(7).take(1 << 20);
         let (mut hasher, mut have, mut buf) = (Sha256::new(), 0u64, vec![0u8; 4096]);
-        let bar = ProgressBar::hidden();
+        let mut bar = Progress::silent();
         let total = Some(5_000_000);
-        let err = match copy_body(&mut body, &mut full, &mut buf, &mut hasher, &mut have, &bar) {
+        let err = match copy_body(
+            &mut body,
+            &mut full,
+            &mut buf,
+            &mut hasher,
+            &mut have,
+            &mut bar,
+        ) {
             Err(CopyError::Write(e)) => e,
             _ => panic!("writing to /dev/full must fail"),
         };

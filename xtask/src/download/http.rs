@@ -96,6 +96,14 @@ pub fn host_of(url: &str) -> &str {
     rest.split(['/', '?', '#']).next().unwrap_or(rest)
 }
 
+/// `host:port` -> `host` (IPv6 literals keep their brackets).
+pub fn host_name(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
 /// `https://host:port/path?q` -> `https://host:port` (scheme and authority).
 pub fn origin_of(url: &str) -> &str {
     let Some(scheme_end) = url.find("://") else {
@@ -127,33 +135,44 @@ pub fn resolve_location(base: &str, location: &str) -> String {
     }
 }
 
-/// Whether the error means the server could not be reached at all.
+/// Whether the error means the server could not be reached at all: its name does not resolve,
+/// or no connection to it can be made. Retrying that does not help (an offline machine stays
+/// offline), so it is never retried.
 pub fn is_unreachable(err: &ureq::Error) -> bool {
     match err {
         ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => true,
-        ureq::Error::Timeout(_) => true,
-        ureq::Error::Io(e) => matches!(
-            e.kind(),
-            io::ErrorKind::ConnectionRefused
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::NotConnected
-                | io::ErrorKind::TimedOut
-                | io::ErrorKind::AddrNotAvailable
-                | io::ErrorKind::HostUnreachable
-                | io::ErrorKind::NetworkUnreachable
-                | io::ErrorKind::NetworkDown
-        ),
+        ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Resolve | ureq::Timeout::Connect),
+        ureq::Error::Io(e) => is_name_resolution(e) || is_unreachable_io(e),
         _ => false,
     }
 }
 
-/// Whether a failed request or body read is worth retrying.
+/// A failed DNS lookup: std reports `getaddrinfo` failures with this message and an
+/// uncategorized kind, so the message is what identifies them.
+fn is_name_resolution(err: &io::Error) -> bool {
+    err.to_string()
+        .contains("failed to lookup address information")
+}
+
+fn is_unreachable_io(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::AddrNotAvailable
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::NetworkDown
+    )
+}
+
+/// Whether a failed request or body read is worth retrying: a connection that was made and
+/// then failed (reset, timed out while reading, garbled), not one that could not be made.
 pub fn is_transient(err: &ureq::Error) -> bool {
     match err {
+        _ if is_unreachable(err) => false,
         ureq::Error::Io(e) => is_transient_io(e),
-        ureq::Error::Protocol(_) => true,
-        other => is_unreachable(other),
+        ureq::Error::Protocol(_) | ureq::Error::Timeout(_) => true,
+        _ => false,
     }
 }
 
@@ -169,8 +188,15 @@ pub fn is_transient_io(err: &io::Error) -> bool {
 pub fn transport_error(err: ureq::Error, url: &str, site: Site) -> anyhow::Error {
     let host = host_of(url);
     if is_unreachable(&err) {
+        let cause = match &err {
+            ureq::Error::Io(e) if is_name_resolution(e) => {
+                format!("the name {} does not resolve: {e}", host_name(host))
+            }
+            ureq::Error::HostNotFound => format!("the name {} does not resolve", host_name(host)),
+            other => other.to_string(),
+        };
         anyhow::anyhow!(
-            "cannot reach {host}; check your network or set {} ({err})",
+            "cannot reach {host}; check your network or set {} ({cause})",
             site.endpoint_env
         )
     } else {

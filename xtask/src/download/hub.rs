@@ -248,13 +248,14 @@ pub fn get(http: &Http, hub: &Hub, file: &HubFile) -> Result<Got> {
         }
     }
     if size.is_none() {
+        let label = format!("{}/{}", file.repo, file.filename);
         let req = fetch::Request {
             url: &url,
             headers: hub.auth_headers(),
             dest: &blob,
             size: meta.size,
             expect: expected.as_deref().map_or(Expect::Nothing, Expect::Sha256),
-            label: file.filename,
+            label: &label,
             what: &what,
             site: HUB,
         };
@@ -331,9 +332,12 @@ fn head(http: &Http, hub: &Hub, file: &HubFile, url: &str) -> Result<Metadata, H
     let headers = hub.auth_headers();
     let mut current = url.to_string();
     let mut failures = 0;
-    for _hop in 0..5 {
+    // Redirects followed; failed attempts count against `http.retries` instead.
+    let mut hops = 0;
+    loop {
         let response = match http.head(&current, &headers) {
             Ok(r) => r,
+            // No name resolution or no connection: fail at once (retrying cannot help).
             Err(e) if http::is_unreachable(&e) => {
                 return Err(HeadError::Unreachable(http::transport_error(
                     e, &current, HUB,
@@ -354,6 +358,13 @@ fn head(http: &Http, hub: &Hub, file: &HubFile, url: &str) -> Result<Metadata, H
                 if http::origin_of(&target) == http::origin_of(&current) {
                     // Still on the hub (e.g. a renamed repo): follow. A redirect
                     // elsewhere is the CDN, and the metadata is on this answer.
+                    hops += 1;
+                    if hops > MAX_HUB_REDIRECTS {
+                        return Err(HeadError::Other(anyhow::anyhow!(
+                            "{}: more than {MAX_HUB_REDIRECTS} redirects from {url}",
+                            file.what()
+                        )));
+                    }
                     current = target;
                     continue;
                 }
@@ -400,11 +411,10 @@ fn head(http: &Http, hub: &Hub, file: &HubFile, url: &str) -> Result<Metadata, H
         }
         return Ok(Metadata { commit, etag, size });
     }
-    Err(HeadError::Other(anyhow::anyhow!(
-        "{}: too many redirects from {url}",
-        file.what()
-    )))
 }
+
+/// Redirects within the hub's origin that [`head`] follows.
+const MAX_HUB_REDIRECTS: u32 = 5;
 
 /// `W/"abc"` -> `abc`.
 fn normalize_etag(raw: &str) -> String {

@@ -8,6 +8,7 @@ mod http;
 mod hub;
 mod names;
 mod pg19;
+mod progress;
 mod wikitext;
 
 #[cfg(test)]
@@ -211,6 +212,12 @@ pub fn execute(plan: &Plan) -> Result<Vec<String>> {
         ));
     }
     Ok(done)
+}
+
+/// The committed WikiText-2 test split (data/fixtures/wikitext-2-raw/wiki.test.raw), if it is
+/// there and has the pinned sha256: the same bytes `download --data wikitext2` produces.
+pub fn committed_wikitext() -> Result<Option<PathBuf>> {
+    wikitext::committed_copy(&wikitext::SPEC)
 }
 
 /// Fetches one model's files into the HF cache and links them into

@@ -504,18 +504,80 @@ fn dead_endpoint() -> String {
     format!("http://{addr}")
 }
 
+/// A plan whose HTTP client retries 5 times with a 1 s backoff (31 s of pauses in all).
+fn patient_plan(endpoint: &str, dir: &Path) -> Plan {
+    let mut plan = plan(endpoint, dir);
+    plan.http = Http::new(5, Duration::from_secs(1));
+    plan
+}
+
 #[test]
-fn connection_refused_says_cannot_reach_the_host() {
+fn an_unreachable_hub_fails_at_once_whatever_the_retries() {
     let dir = tempfile::tempdir().unwrap();
-    let endpoint = dead_endpoint();
-    let msg = err_text(execute(&plan(&endpoint, dir.path())));
-    let host = endpoint.trim_start_matches("http://");
+    // Connection refused (an unused loopback port) and a name that does not resolve (the
+    // reserved .invalid domain): retrying cannot help, so neither is retried.
+    for (endpoint, cause) in [
+        (dead_endpoint(), "Connection refused"),
+        (
+            "http://nonexistent.invalid".to_string(),
+            "the name nonexistent.invalid does not resolve",
+        ),
+    ] {
+        let start = std::time::Instant::now();
+        let msg = err_text(execute(&patient_plan(&endpoint, dir.path())));
+        let host = endpoint.trim_start_matches("http://");
+        assert!(
+            msg.starts_with(&format!(
+                "cannot reach {host}; check your network or set HF_ENDPOINT ("
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains(cause), "{msg}");
+        assert!(!msg.contains("redirect"), "{msg}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{endpoint}: {:?}",
+            start.elapsed()
+        );
+    }
+    assert!(leftovers(dir.path()).is_empty());
+}
+
+/// Answers HEAD and GET of the model's config.json with `code` and `headers`; returns the path.
+fn config_answers(server: &Server, code: u16, headers: Vec<(String, String)>) -> String {
+    let path = format!("/{REPO}/resolve/main/config.json");
+    server.route(&path, Route::Status { code, headers });
+    path
+}
+
+#[test]
+fn server_errors_use_every_retry_and_then_say_so() {
+    let server = Server::start();
+    let path = config_answers(&server, 503, vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = plan(&server.base, dir.path());
+    // More retries than redirects are followed: the retries are not counted as redirects.
+    plan.http = Http::new(7, Duration::from_millis(1));
+    let msg = err_text(execute(&plan));
+    assert_eq!(
+        msg,
+        "EleutherAI/pythia-70m@main: config.json: server error (HTTP 503); try again later"
+    );
+    assert_eq!(server.requests("HEAD", &path).len(), 8, "1 try + 7 retries");
+}
+
+#[test]
+fn a_redirect_loop_on_the_hub_is_cut_short() {
+    let server = Server::start();
+    let location = format!("/{REPO}/resolve/main/config.json");
+    let path = config_answers(&server, 307, vec![header("Location", location)]);
+    let dir = tempfile::tempdir().unwrap();
+    let msg = err_text(execute(&plan(&server.base, dir.path())));
     assert!(
-        msg.starts_with(&format!(
-            "cannot reach {host}; check your network or set HF_ENDPOINT"
-        )),
+        msg.starts_with("EleutherAI/pythia-70m@main: config.json: more than 5 redirects from "),
         "{msg}"
     );
+    assert_eq!(server.requests("HEAD", &path).len(), 6);
 }
 
 #[test]
@@ -577,6 +639,7 @@ fn serve_wikitext(server: &Server, zip: Vec<u8>) -> wikitext::Spec<'static> {
     );
     wikitext::Spec {
         zip_sha256: leak(sha),
+        fixture: None,
         ..spec
     }
 }
@@ -661,6 +724,50 @@ fn wikitext_with_the_wrong_contents_is_refused() {
         msg.contains("the hub reports sha256") && msg.contains("is pinned; refusing"),
         "{msg}"
     );
+}
+
+#[test]
+fn wikitext_comes_from_the_committed_copy_without_a_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = patient_plan(&dead_endpoint(), dir.path());
+    plan.models.clear();
+    plan.wikitext = true;
+    plan.wikitext_hub.endpoint = dead_endpoint();
+    assert!(plan.wikitext_spec.fixture.is_some());
+    let lines = execute(&plan).unwrap();
+    let out = dir
+        .path()
+        .join("data/datasets/wikitext-2-raw/wiki.test.raw");
+    assert_eq!(lines, vec![format!("dataset  {}", out.display())]);
+    assert_eq!(fs::read(&out).unwrap(), real_wiki_test_raw());
+    assert!(
+        !dir.path().join("hf").exists(),
+        "the hub cache is not touched"
+    );
+    assert!(leftovers(dir.path()).is_empty());
+    assert_eq!(
+        super::committed_wikitext()
+            .unwrap()
+            .map(|p| fs::read(p).unwrap()),
+        Some(real_wiki_test_raw())
+    );
+}
+
+#[test]
+fn a_committed_copy_with_other_contents_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("wiki.test.raw");
+    fs::write(&fake, " = Not Robert Boulter = \n").unwrap();
+    let mut plan = plan(&dead_endpoint(), dir.path());
+    plan.models.clear();
+    plan.wikitext = true;
+    plan.wikitext_spec.fixture = Some(leak(fake.display().to_string()));
+    let msg = err_text(execute(&plan));
+    assert!(msg.starts_with("cannot reach 127.0.0.1:"), "{msg}");
+    assert!(!dir
+        .path()
+        .join("data/datasets/wikitext-2-raw/wiki.test.raw")
+        .exists());
 }
 
 fn serve_pg19(server: &Server, books: &[(u32, Vec<u8>)]) {

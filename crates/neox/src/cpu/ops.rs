@@ -128,11 +128,20 @@ pub struct Rope {
 }
 
 impl Rope {
-    /// Angles `pos · base^(−2i/rotary_dims)`, computed in f64 and rounded once.
-    pub fn new(rotary_dims: usize, base: f64, max_pos: usize) -> Self {
+    /// Angles `pos · base^(−2i/rotary_dims)` for positions `0..max_pos`, computed in f64 and
+    /// rounded once; a table too large to allocate is an error naming its size.
+    pub fn new(rotary_dims: usize, base: f64, max_pos: usize) -> anyhow::Result<Self> {
         let half = rotary_dims / 2;
-        let mut cos = Vec::with_capacity(max_pos * half);
-        let mut sin = Vec::with_capacity(max_pos * half);
+        let len = max_pos.saturating_mul(half);
+        let table = |_| {
+            anyhow::anyhow!(
+                "cannot allocate the rotary table of {max_pos} positions × {half} angles ({})",
+                crate::model::fmt_bytes(len.saturating_mul(8))
+            )
+        };
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        cos.try_reserve_exact(len).map_err(table)?;
+        sin.try_reserve_exact(len).map_err(table)?;
         for pos in 0..max_pos {
             for i in 0..half {
                 let inv_freq = 1.0 / base.powf((2 * i) as f64 / rotary_dims as f64);
@@ -141,7 +150,7 @@ impl Rope {
                 sin.push(angle.sin() as f32);
             }
         }
-        Rope { half, cos, sin }
+        Ok(Rope { half, cos, sin })
     }
 
     /// Rotate-half on the first `rotary_dims` of one head vector at position `pos`.
@@ -390,7 +399,7 @@ mod tests {
 
     #[test]
     fn rope_rotates_pairs_and_leaves_the_rest() {
-        let rope = Rope::new(4, 10000.0, 8);
+        let rope = Rope::new(4, 10000.0, 8).unwrap();
         let mut v = [1.0f32, 0.0, 0.0, 0.0, 7.0];
         rope.apply(&mut v, 3);
         // Pair (0, 2) rotates by angle 3·1.

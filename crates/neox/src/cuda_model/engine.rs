@@ -296,7 +296,8 @@ pub fn f16_bytes_per_token(config: &Config) -> usize {
 
 impl<B: KernelBackend> Engine<B> {
     /// Upload `weights` (converted to f16) and allocate the KV cache for `capacity` positions
-    /// (default: the model's max positions) and the scratch of one step.
+    /// (default: the model's max positions, capped at [`KvCursor::DEFAULT_CONTEXT_CAP`]) and
+    /// the scratch of one step.
     pub fn new(
         mut backend: B,
         config: &Config,
@@ -326,14 +327,37 @@ impl<B: KernelBackend> Engine<B> {
             rotary_base: config.rotary_base as f32,
             max_pos: capacity,
         };
+        // The cache's size comes from the config and the asked-for context: checked before
+        // anything is allocated, and named when the device cannot hold it.
+        let layer_len = shape
+            .heads
+            .checked_mul(capacity)
+            .and_then(|n| n.checked_mul(shape.head_dim));
+        let kv_bytes = layer_len.and_then(|n| n.checked_mul(4 * config.num_layers));
+        let (Some(layer_len), Some(kv_bytes)) = (layer_len, kv_bytes) else {
+            bail!(
+                "a KV cache of {capacity} positions ({} layers × {} hidden) is too large to \
+                 address; use a shorter context length",
+                config.num_layers,
+                config.hidden_size
+            );
+        };
+        let what = || {
+            format!(
+                "allocating the KV cache ({capacity} positions, {} of f16)",
+                crate::model::fmt_bytes(kv_bytes)
+            )
+        };
         let params = upload_params(&mut backend, weights)?;
+        let zeros = crate::model::try_zeroed::<f16>(layer_len).with_context(what)?;
         let mut kv = Vec::with_capacity(config.num_layers);
         for _ in 0..config.num_layers {
             kv.push(LayerKv {
-                k: backend.upload(&vec![f16::ZERO; shape.cache_len()])?,
-                v: backend.upload(&vec![f16::ZERO; shape.cache_len()])?,
+                k: backend.upload(&zeros).with_context(what)?,
+                v: backend.upload(&zeros).with_context(what)?,
             });
         }
+        drop(zeros);
         let (d, r) = (dims.hidden, MAX_ROWS);
         let scratch = Scratch {
             ids: backend.upload(&[0u32; MAX_ROWS])?,
