@@ -6,6 +6,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use spedec_lm::{KvCursor, Lm, Logits};
+use spedec_report::format_bytes;
 
 use crate::config::Config;
 use crate::cpu::matmul::{linear, linear_then, Epilogue};
@@ -46,13 +47,18 @@ impl KvCache {
                 config.hidden_size
             );
         };
-        let what = || format!("the KV cache ({capacity} positions, {})", fmt_bytes(bytes));
+        let what = || {
+            format!(
+                "the KV cache ({capacity} positions, {})",
+                format_bytes(bytes as u64)
+            )
+        };
         if let Some(available) = available_memory() {
             if bytes as u64 > available {
                 bail!(
                     "{} does not fit the {} of memory available; use a shorter context length",
                     what(),
-                    fmt_bytes(available as usize)
+                    format_bytes(available)
                 );
             }
         }
@@ -70,34 +76,36 @@ impl KvCache {
     }
 }
 
-/// A vector of `len` default values (zeros), or an error naming the bytes that could not be
-/// allocated, instead of the abort `vec![0; len]` gives.
-pub(crate) fn try_zeroed<T: Clone + Default>(len: usize) -> Result<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| {
-        anyhow!(
-            "cannot allocate {}",
-            fmt_bytes(len.saturating_mul(std::mem::size_of::<T>()))
-        )
-    })?;
-    v.resize(len, T::default());
-    Ok(v)
-}
+/// Element types whose all-zero bit pattern is the value zero.
+///
+/// # Safety
+/// Implement only for types for which every all-zero byte pattern is a valid value.
+pub(crate) unsafe trait ZeroBits: Copy {}
+// SAFETY: +0.0 in IEEE binary32 and binary16 is all zero bits.
+unsafe impl ZeroBits for f32 {}
+// SAFETY: as above.
+unsafe impl ZeroBits for half::f16 {}
 
-/// `bytes` in the largest binary unit that keeps it at least 1 (`1.5 GiB`, `64 KiB`).
-pub(crate) fn fmt_bytes(bytes: usize) -> String {
-    const UNITS: [&str; 6] = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
+/// A vector of `len` zeros, or an error naming the bytes that could not be allocated (where
+/// `vec![0; len]` would abort). Allocated zeroed (`calloc`), so the pages of a large cache
+/// are only touched when used, as with `vec!`.
+pub(crate) fn try_zeroed<T: ZeroBits>(len: usize) -> Result<Vec<T>> {
+    let too_big = || {
+        let bytes = (len as u64).saturating_mul(std::mem::size_of::<T>() as u64);
+        anyhow!("cannot allocate {}", format_bytes(bytes))
+    };
+    let layout = std::alloc::Layout::array::<T>(len).map_err(|_| too_big())?;
+    if layout.size() == 0 {
+        return Ok(Vec::new());
     }
-    if unit == 0 {
-        format!("{bytes} bytes")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if ptr.is_null() {
+        return Err(too_big());
     }
+    // SAFETY: `ptr` comes from the global allocator with the layout of `len` elements of
+    // `T`, and its zeroed bytes are valid values of `T` (`ZeroBits`).
+    Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
 }
 
 /// The memory this machine can still give (Linux's `MemAvailable`), when known.
@@ -348,9 +356,11 @@ mod tests {
     }
 
     #[test]
-    fn byte_sizes_read_like_ls_h() {
-        assert_eq!(fmt_bytes(512), "512 bytes");
-        assert_eq!(fmt_bytes(1536), "1.5 KiB");
-        assert_eq!(fmt_bytes(64_000_000_000_000), "58.2 TiB");
+    fn zeroed_vectors_are_zero_and_impossible_sizes_are_errors() {
+        let v: Vec<f32> = try_zeroed(1 << 20).unwrap();
+        assert!(v.len() == 1 << 20 && v.iter().all(|x| x.to_bits() == 0));
+        assert!(try_zeroed::<half::f16>(0).unwrap().is_empty());
+        let err = try_zeroed::<f32>(usize::MAX / 2).unwrap_err().to_string();
+        assert!(err.starts_with("cannot allocate"), "{err}");
     }
 }

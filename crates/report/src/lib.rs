@@ -57,5 +57,5 @@ pub mod write;
 
 pub use device::Device;
 pub use machine::{Gpu, Machine};
-pub use summary::{fmt_opt, Summary};
+pub use summary::{fmt_opt, format_bytes, Summary};
 pub use write::{check_writable, write_atomic};

@@ -59,9 +59,33 @@ pub fn fmt_opt(value: Option<f64>, digits: usize) -> String {
     value.map_or_else(|| "—".to_string(), |v| format!("{v:.digits$}"))
 }
 
+/// `n` bytes in the largest binary unit that keeps it at least 1: `12 B`, `1.5 KiB`,
+/// `5.5 PiB` (as `ls -h` reads).
+pub fn format_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_sizes_read_like_ls_h() {
+        assert_eq!(format_bytes(512), "512 B");
+        assert_eq!(format_bytes(1536), "1.5 KiB");
+        assert_eq!(format_bytes(6_300_000_000_000_000), "5.6 PiB");
+    }
 
     #[test]
     fn summary_median_and_range() {

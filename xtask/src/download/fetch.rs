@@ -209,7 +209,7 @@ pub fn fetch(http: &Http, req: &Request) -> Result<Fetched> {
                 bar.note(&format!(
                     "{}: connection lost after {} ({err}); resuming ({failures}/{})",
                     req.label,
-                    files::human_bytes(have),
+                    spedec_report::format_bytes(have),
                     http.retries
                 ));
                 http.pause(failures);
@@ -219,7 +219,7 @@ pub fn fetch(http: &Http, req: &Request) -> Result<Fetched> {
                 bail!(
                     "{}: download interrupted after {} ({err}); run the command again to resume",
                     req.what,
-                    files::human_bytes(have)
+                    spedec_report::format_bytes(have)
                 )
             }
         }

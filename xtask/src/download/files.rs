@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
+use spedec_report::format_bytes;
 
 /// Suffix of files that are still being written (the Hugging Face cache uses
 /// the same one, so a partial blob left by another HF tool is resumed too).
@@ -82,7 +83,7 @@ pub fn is_disk_full(err: &io::Error) -> bool {
 pub fn write_error(err: io::Error, path: &Path, needed: Option<u64>) -> anyhow::Error {
     if is_disk_full(&err) {
         let need = match needed {
-            Some(n) => format!("{n} more bytes ({}) were needed", human_bytes(n)),
+            Some(n) => format!("{n} more bytes ({}) were needed", format_bytes(n)),
             None => "the remaining size is unknown".to_string(),
         };
         anyhow::anyhow!(
@@ -92,22 +93,6 @@ pub fn write_error(err: io::Error, path: &Path, needed: Option<u64>) -> anyhow::
         )
     } else {
         anyhow::Error::new(err).context(format!("writing {}", path.display()))
-    }
-}
-
-/// `1536` -> `1.5 KiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -238,8 +223,8 @@ mod tests {
         assert_eq!(hex(&[0, 15, 255]), "000fff");
         assert!(is_sha256(&"a".repeat(64)));
         assert!(!is_sha256(&"g".repeat(64)));
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(format_bytes(1536), "1.5 KiB");
+        assert_eq!(format_bytes(12), "12 B");
     }
 
     #[test]

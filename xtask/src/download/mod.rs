@@ -246,7 +246,7 @@ fn download_model(plan: &Plan, model: &str) -> Result<PathBuf> {
         let how = match got.source {
             Source::Downloaded { resumed_from: 0 } => "downloaded".to_string(),
             Source::Downloaded { resumed_from } => {
-                format!("resumed at {}", files::human_bytes(resumed_from))
+                format!("resumed at {}", spedec_report::format_bytes(resumed_from))
             }
             Source::Cached => "cached".to_string(),
             Source::CachedOffline => "cached, hub not asked".to_string(),
@@ -258,7 +258,7 @@ fn download_model(plan: &Plan, model: &str) -> Result<PathBuf> {
             "{repo}@{} ({}): {filename} {} ({how}{check})",
             plan.revision,
             &got.commit[..got.commit.len().min(10)],
-            files::human_bytes(got.size)
+            spedec_report::format_bytes(got.size)
         );
         let target = absolute(&got.path)?;
         let link = dir.join(filename);

@@ -110,7 +110,7 @@ pub fn download(http: &Http, spec: &Spec, count: usize, dest: &Path) -> Result<V
         let fetched = fetch::fetch(http, &req)?;
         eprintln!(
             "pg19: {name} {} sha256 {}",
-            files::human_bytes(fetched.bytes),
+            spedec_report::format_bytes(fetched.bytes),
             fetched.sha256
         );
         manifest.insert(name, fetched.sha256);

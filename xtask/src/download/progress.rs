@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::files::human_bytes;
+use spedec_report::format_bytes;
 
 /// How often a plain-text progress line is printed while bytes arrive.
 pub const LINE_INTERVAL: Duration = Duration::from_secs(30);
@@ -42,11 +42,11 @@ impl Progress {
         bar.set_position(position);
         let plain = bar.is_hidden();
         if plain {
-            let size = total.map_or(String::new(), |t| format!(" ({})", human_bytes(t)));
+            let size = total.map_or(String::new(), |t| format!(" ({})", format_bytes(t)));
             if position > 0 {
                 eprintln!(
                     "{label}: resuming at {} from {host}{size}",
-                    human_bytes(position)
+                    format_bytes(position)
                 );
             } else {
                 eprintln!("{label}: downloading from {host}{size}");
@@ -119,7 +119,7 @@ impl Progress {
         let secs = self.start.elapsed().as_secs_f64();
         let moved = self.position - self.first;
         let rate = if secs > 0.0 {
-            format!("{}/s", human_bytes((moved as f64 / secs) as u64))
+            format!("{}/s", format_bytes((moved as f64 / secs) as u64))
         } else {
             "—".to_string()
         };
@@ -127,14 +127,14 @@ impl Progress {
             Some(t) if self.position < t => format!(
                 "{}: {} of {} ({:.0}%), {rate}",
                 self.label,
-                human_bytes(self.position),
-                human_bytes(t),
+                format_bytes(self.position),
+                format_bytes(t),
                 100.0 * self.position as f64 / t.max(1) as f64
             ),
             _ => format!(
                 "{}: {} in {secs:.1} s ({rate})",
                 self.label,
-                human_bytes(self.position)
+                format_bytes(self.position)
             ),
         }
     }

@@ -136,7 +136,7 @@ impl Rope {
         let table = |_| {
             anyhow::anyhow!(
                 "cannot allocate the rotary table of {max_pos} positions × {half} angles ({})",
-                crate::model::fmt_bytes(len.saturating_mul(8))
+                spedec_report::format_bytes((len as u64).saturating_mul(8))
             )
         };
         let (mut cos, mut sin) = (Vec::new(), Vec::new());

@@ -345,7 +345,7 @@ impl<B: KernelBackend> Engine<B> {
         let what = || {
             format!(
                 "allocating the KV cache ({capacity} positions, {} of f16)",
-                crate::model::fmt_bytes(kv_bytes)
+                spedec_report::format_bytes(kv_bytes as u64)
             )
         };
         let params = upload_params(&mut backend, weights)?;
