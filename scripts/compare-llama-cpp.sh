@@ -10,7 +10,9 @@
 #        MODELS        which shapes (default "2.8b 70m")
 # Writes OUTDIR/llama-<model>-<round>.json (llama-bench -o json) and
 # OUTDIR/k-<model>-f16-<round>.json (spedec bench-kernels --json), then prints a table of
-# per-round tokens/s and the medians of the per-round ratios.
+# per-round tokens/s and the medians of the per-round ratios. Both time decode the same way:
+# consecutive steps (llama-bench -n N, spedec bench-kernels --steps N), spedec's bandwidth
+# probe running outside the timed steps.
 set -euo pipefail
 out=${1:?usage: scripts/compare-llama-cpp.sh OUTDIR [ROUNDS]}
 rounds=${2:-3}
@@ -39,7 +41,9 @@ for m in $models; do
       > "$out/llama-$m-$r.json.tmp"
     mv "$out/llama-$m-$r.json.tmp" "$out/llama-$m-$r.json"
     echo "== $m round $r: spedec" >&2
-    "$spedec" bench-kernels --model "synthetic:pythia-$m:f16" --json "$out/k-$m-f16-$r.json" >&2
+    # Like for like: as many consecutive decode steps as llama-bench's tg, probe outside them.
+    "$spedec" bench-kernels --model "synthetic:pythia-$m:f16" --steps "$tg" \
+      --json "$out/k-$m-f16-$r.json" >&2
   done
 done
 
@@ -63,6 +67,11 @@ for m in models:
               f"| {tg['avg_ts']:.2f} ± {tg['stddev_ts']:.2f} (tg{tg['n_gen']}) "
               f"| {k['decode_tok_s']:.2f} | {k['read_bandwidth_gb_s']['median']:.1f} "
               f"| {k['decode_vs_floor']:.2f}× | {k['verify5_vs_decode']:.2f}× |")
+    k = json.load(open(f"{out}/k-{m}-f16-1.json"))
+    p = k["probe"]["setting"]
+    print(f"\nspedec timing: {k['step_timing']}. Read bandwidth: best probe setting "
+          f"{p['streams']} streams per thread, prefetch {p['prefetch_bytes']} B "
+          f"(transparent huge pages: {k['probe']['transparent_huge_pages']}).")
     print(f"\nMedian of per-round ratios spedec / llama.cpp: prefill "
           f"{statistics.median(pre):.2f}×, decode {statistics.median(dec):.2f}×")
 EOF

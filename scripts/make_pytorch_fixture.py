@@ -14,8 +14,8 @@ extras exercise the reader: `embed_out.weight` is saved as a transposed view of 
 column-major storage (strides (1, rows)), and the GPT-NeoX buffers `attention.bias`
 (bool) and `attention.masked_bias` (a 0-d float) are added, as older checkpoints carry them.
 
-With --torch it calls torch.save on the same tensors instead (for checking the reader
-against real torch output on a machine that has torch).
+With --torch it calls torch.save on the same tensors instead; the committed fixture
+data/fixtures/pytorch/parallel-f16.bin was made that way (torch 2.15).
 """
 import collections
 import json

@@ -33,9 +33,10 @@ pub struct Args {
     )]
     pub draft: Vec<String>,
 
-    /// Draft tokens per verify step, comma-separated; several make a γ sweep (e.g. 1,2,4,8)
+    /// Draft tokens per verify step (1 to 16, as spedec takes), comma-separated; several make
+    /// a γ sweep (e.g. 1,2,4,8)
     #[arg(long, value_delimiter = ',', default_value = "4", value_name = "LIST",
-          value_parser = clap::value_parser!(u32).range(1..=64))]
+          value_parser = clap::value_parser!(u32).range(1..=16))]
     pub gamma: Vec<u32>,
 
     /// Seeded random weights of the exact Pythia shapes, no download: timings only, acceptance

@@ -336,7 +336,7 @@ fn canonical_pythia(name: &str) -> Result<String> {
 }
 
 fn has_model_files(dir: &Path) -> bool {
-    download::MODEL_FILES.iter().all(|f| dir.join(f).is_file())
+    download::has_model_files(dir)
 }
 
 /// Refuses a draft whose vocabulary differs from the target's (read from config.json) before

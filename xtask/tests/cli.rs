@@ -75,7 +75,9 @@ fn bad_names_are_refused_before_any_network_access() {
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.starts_with("error: unknown revision `step3`; valid revisions: main, step0"),
+        err.starts_with(
+            "error: unknown revision `step3`; nearest: step2, step4; valid revisions: main, step0"
+        ),
         "{err}"
     );
 

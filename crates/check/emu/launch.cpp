@@ -4,6 +4,7 @@
 #include "embedding.cu"
 #include "layernorm.cu"
 #include "linear.cu"
+#include "linear_tc.cu"
 #include "rotary.cu"
 #include "attention.cu"
 #include "logits.cu"
@@ -53,4 +54,55 @@ extern "C" int emu_argmax_f32(const float* logits, unsigned* out, int M, int V) 
 
 extern "C" int emu_softmax_f32(const float* logits, float* probs, int M, int V, float inv_t) {
     return emu_launch(M, 1, VOCAB_THREADS, [=] { softmax_f32(logits, probs, V, inv_t); });
+}
+
+// One launch of linear_tc16_f16 (wide == 0) or linear_tc128_f16 (wide != 0) over M rows; the
+// host plan (spedec_cuda::linear_tc) gives tiles_per_split, splits and the row chunks.
+extern "C" int emu_linear_tc_f16(const f16_t* x, const f16_t* w, const f16_t* bias,
+                                  f16_t* out_h, float* out_f, float* part, unsigned* counters,
+                                  int M, int N, int K, int tiles_per_split, int splits, int wide,
+                                  int mode) {
+    if (wide)
+        return emu_launch3((N + LTC128_BN - 1) / LTC128_BN, (M + LTC128_BM - 1) / LTC128_BM,
+                           splits, LTC_THREADS, [=] {
+                               linear_tc128_f16(x, w, bias, out_h, out_f, part, counters, M, N,
+                                                K, tiles_per_split, splits, mode);
+                           });
+    return emu_launch3((N + LTC16_BN - 1) / LTC16_BN, (M + LTC16_BM - 1) / LTC16_BM, splits,
+                       LTC_THREADS, [=] {
+                           linear_tc16_f16(x, w, bias, out_h, out_f, part, counters, M, N, K,
+                                           tiles_per_split, splits, mode);
+                       });
+}
+
+// The device sampler (sampling.cu), with the launch shapes of spedec_cuda::sampling_ops.
+#include "sampling.cu"
+
+extern "C" int emu_sample_process_f32(const float* logits, float* probs, int M, int V,
+                                       float temperature, int top_k, float top_p) {
+    return emu_launch(M, 1, SAMPLE_THREADS,
+                      [=] { sample_process_f32(logits, probs, V, temperature, top_k, top_p); });
+}
+
+extern "C" int emu_sample_draw_f32(const float* probs, int* out, int M, int V,
+                                    unsigned long long seed, unsigned position, unsigned stream,
+                                    unsigned index) {
+    return emu_launch(M, 1, SAMPLE_THREADS,
+                      [=] { sample_draw_f32(probs, out, V, seed, position, stream, index); });
+}
+
+extern "C" int emu_spec_verify_f32(const float* target, const float* draft, const int* drafts,
+                                    int* out, int gamma, int V, int greedy,
+                                    unsigned long long seed, unsigned position, unsigned index) {
+    return emu_launch(1, 1, SAMPLE_THREADS, [=] {
+        spec_verify_f32(target, draft, drafts, out, gamma, V, greedy, seed, position, index);
+    });
+}
+
+extern "C" int emu_philox_uniform_f32(unsigned long long seed, unsigned position,
+                                       unsigned stream, unsigned index, unsigned* words,
+                                       float* uniforms, int n) {
+    return emu_launch((n + PHILOX_THREADS - 1) / PHILOX_THREADS, 1, PHILOX_THREADS, [=] {
+        philox_uniform_f32(seed, position, stream, index, words, uniforms, n);
+    });
 }

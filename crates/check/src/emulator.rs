@@ -17,7 +17,8 @@ use anyhow::{anyhow, bail, ensure, Result};
 use half::f16;
 use libloading::Library;
 use spedec_cuda::kernels::consts::ATT_SPLIT;
-use spedec_cuda::{AttnShape, Elem, KernelBackend, LinDest, SecondLn};
+use spedec_cuda::linear_tc::{self, consts::LTC128_BM};
+use spedec_cuda::{AttnShape, Elem, KernelBackend, LinDest, LinearKernel, SecondLn};
 
 use crate::backend::CheckBackend;
 
@@ -76,6 +77,7 @@ static LAUNCH: Mutex<()> = Mutex::new(());
 /// The CUDA kernels emulated on the host, buffers in host memory.
 pub struct HostEmulator {
     lib: Arc<Library>,
+    linear_kernel: LinearKernel,
 }
 
 fn ok(code: i32, what: &str) -> Result<()> {
@@ -95,7 +97,10 @@ impl HostEmulator {
         // SAFETY: a library we just built; its initialisers do nothing.
         let lib = unsafe { Library::new(&path) }
             .map_err(|e| anyhow!("loading {}: {e}", path.display()))?;
-        Ok(Some(HostEmulator { lib: Arc::new(lib) }))
+        Ok(Some(HostEmulator {
+            lib: Arc::new(lib),
+            linear_kernel: LinearKernel::Simt,
+        }))
     }
 
     /// The entry point `name` of type `T`, and the launch lock to hold while it runs.
@@ -234,6 +239,15 @@ impl KernelBackend for HostEmulator {
         ok(r, "add_layernorm")
     }
 
+    fn linear_kernel(&self) -> LinearKernel {
+        self.linear_kernel
+    }
+
+    fn set_linear_kernel(&mut self, kernel: LinearKernel) -> Result<()> {
+        self.linear_kernel = kernel;
+        Ok(())
+    }
+
     fn linear(
         &mut self,
         x: &Vec<f16>,
@@ -244,6 +258,9 @@ impl KernelBackend for HostEmulator {
         n: usize,
         k: usize,
     ) -> Result<()> {
+        if self.linear_kernel == LinearKernel::TensorCore {
+            return self.linear_tc(x, w, bias, out, m, n, k);
+        }
         ensure!(
             x.len() >= m * k && w.len() == n * k && k.is_multiple_of(8) && (1..=16).contains(&m)
         );
@@ -368,6 +385,89 @@ impl KernelBackend for HostEmulator {
     }
 }
 
+impl HostEmulator {
+    /// The tensor-core linear (`linear_tc.cu`) with the launches of `spedec_cuda::linear_tc`'s
+    /// plan. The partials scratch is the smallest the plan accepts (one 128-row chunk), so
+    /// more than 128 rows run as several launches, as on a GPU with a full scratch; it starts
+    /// as NaN, so an unwritten partial shows, and the counters must come back zero.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_tc(
+        &mut self,
+        x: &[f16],
+        w: &[f16],
+        bias: Option<&Vec<f16>>,
+        out: LinDest<'_, Self>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        ensure!(
+            m > 0 && x.len() >= m * k && w.len() == n * k && k.is_multiple_of(8),
+            "emulated linear_tc: bad shapes m {m} n {n} k {k}"
+        );
+        ensure!(
+            bias.is_none_or(|b| b.len() == n),
+            "emulated linear_tc: bias length"
+        );
+        let split = linear_tc::split_for(n, k);
+        let rows = m.min(LTC128_BM);
+        let mut part: Vec<f32> = vec![f32::NAN; split.splits * n * rows];
+        let mut counters = vec![0u32; n.div_ceil(16) * rows.div_ceil(16)];
+        let (_, launches) = linear_tc::plan(m, n, k, part.len(), counters.len())?;
+        let (mode, oh, of, out_len): (i32, *mut u16, *mut f32, usize) = match out {
+            LinDest::F16(o) => (0, pm(o), std::ptr::null_mut(), o.len()),
+            LinDest::F16Gelu(o) => (1, pm(o), std::ptr::null_mut(), o.len()),
+            LinDest::F32(o) => (2, std::ptr::null_mut(), o.as_mut_ptr(), o.len()),
+            LinDest::AddF32(o) => (3, std::ptr::null_mut(), o.as_mut_ptr(), o.len()),
+        };
+        ensure!(out_len >= m * n, "emulated linear_tc: output too short");
+        type F = unsafe extern "C" fn(
+            H,
+            H,
+            H,
+            HM,
+            *mut f32,
+            *mut f32,
+            *mut u32,
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+        ) -> i32;
+        let (f, _serial) = self.sym::<F>("emu_linear_tc_f16")?;
+        for l in &launches {
+            // SAFETY: pointers into buffers checked above (rows row0..row0+rows of x and out).
+            let r = unsafe {
+                f(
+                    p(x).add(l.row0 * k),
+                    p(w),
+                    opt(bias),
+                    if oh.is_null() { oh } else { oh.add(l.row0 * n) },
+                    if of.is_null() { of } else { of.add(l.row0 * n) },
+                    part.as_mut_ptr(),
+                    counters.as_mut_ptr(),
+                    l.rows as i32,
+                    n as i32,
+                    k as i32,
+                    split.tiles_per_split as i32,
+                    split.splits as i32,
+                    l.wide as i32,
+                    mode,
+                )
+            };
+            ok(r, "linear_tc")?;
+            ensure!(
+                counters.iter().all(|&c| c == 0),
+                "emulated linear_tc: tile counters not reset after a launch"
+            );
+        }
+        Ok(())
+    }
+}
+
 impl CheckBackend for HostEmulator {
     fn timed(&self) -> bool {
         false
@@ -422,5 +522,157 @@ impl CheckBackend for HostEmulator {
             },
             "softmax",
         )
+    }
+}
+
+/// The device sampler (`kernels/sampling.cu`) under emulation, with the launch shapes of
+/// `spedec_cuda::sampling_ops`.
+impl crate::sampler::SamplerBackend for HostEmulator {
+    fn sample_process(
+        &mut self,
+        logits: &Vec<f32>,
+        probs: &mut Vec<f32>,
+        m: usize,
+        vocab: usize,
+        params: &spedec_sampling::SamplingParams,
+    ) -> Result<()> {
+        params.validate()?;
+        ensure!(
+            m > 0 && vocab > 0 && vocab <= i32::MAX as usize,
+            "emulated sample_process: m {m}, vocab {vocab}"
+        );
+        ensure!(logits.len() >= m * vocab && probs.len() >= m * vocab);
+        let top_k = if params.top_k >= vocab {
+            0
+        } else {
+            params.top_k as i32
+        };
+        let (f, _serial) =
+            self.sym::<unsafe extern "C" fn(*const f32, *mut f32, i32, i32, f32, i32, f32) -> i32>(
+                "emu_sample_process_f32",
+            )?;
+        let r = unsafe {
+            f(
+                logits.as_ptr(),
+                probs.as_mut_ptr(),
+                m as i32,
+                vocab as i32,
+                params.temperature,
+                top_k,
+                params.top_p,
+            )
+        };
+        ok(r, "sample_process")
+    }
+
+    fn sample_draw(
+        &mut self,
+        probs: &Vec<f32>,
+        out: &mut Vec<i32>,
+        m: usize,
+        vocab: usize,
+        seed: u64,
+        position: u32,
+        stream: spedec_sampling::philox::Stream,
+        index: u32,
+    ) -> Result<()> {
+        ensure!(m > 0 && vocab > 0 && probs.len() >= m * vocab && out.len() >= m);
+        let (f, _serial) = self.sym::<unsafe extern "C" fn(
+            *const f32,
+            *mut i32,
+            i32,
+            i32,
+            u64,
+            u32,
+            u32,
+            u32,
+        ) -> i32>("emu_sample_draw_f32")?;
+        let r = unsafe {
+            f(
+                probs.as_ptr(),
+                out.as_mut_ptr(),
+                m as i32,
+                vocab as i32,
+                seed,
+                position,
+                stream.id(),
+                index,
+            )
+        };
+        ok(r, "sample_draw")
+    }
+
+    fn spec_verify(
+        &mut self,
+        target: &Vec<f32>,
+        draft: Option<&Vec<f32>>,
+        drafts: &Vec<i32>,
+        out: &mut Vec<i32>,
+        gamma: usize,
+        vocab: usize,
+        seed: u64,
+        position: u32,
+        index: u32,
+    ) -> Result<()> {
+        ensure!(vocab > 0 && target.len() >= (gamma + 1) * vocab);
+        ensure!(draft.is_none_or(|q| q.len() >= gamma * vocab));
+        ensure!(drafts.len() >= gamma && out.len() >= gamma + 2);
+        let (f, _serial) = self.sym::<unsafe extern "C" fn(
+            *const f32,
+            *const f32,
+            *const i32,
+            *mut i32,
+            i32,
+            i32,
+            i32,
+            u64,
+            u32,
+            u32,
+        ) -> i32>("emu_spec_verify_f32")?;
+        let q = draft.map_or(std::ptr::null(), |q| q.as_ptr());
+        let r = unsafe {
+            f(
+                target.as_ptr(),
+                q,
+                drafts.as_ptr(),
+                out.as_mut_ptr(),
+                gamma as i32,
+                vocab as i32,
+                i32::from(draft.is_none()),
+                seed,
+                position,
+                index,
+            )
+        };
+        ok(r, "spec_verify")
+    }
+
+    fn philox(
+        &mut self,
+        seed: u64,
+        position: u32,
+        stream: spedec_sampling::philox::Stream,
+        index: u32,
+        words: &mut Vec<u32>,
+        uniforms: &mut Vec<f32>,
+        n: usize,
+    ) -> Result<()> {
+        ensure!(n > 0 && words.len() >= 4 * n && uniforms.len() >= n);
+        let (f, _serial) =
+            self.sym::<unsafe extern "C" fn(u64, u32, u32, u32, *mut u32, *mut f32, i32) -> i32>(
+                "emu_philox_uniform_f32",
+            )?;
+        let r = unsafe {
+            f(
+                seed,
+                position,
+                stream.id(),
+                index,
+                words.as_mut_ptr(),
+                uniforms.as_mut_ptr(),
+                n as i32,
+            )
+        };
+        ok(r, "philox_uniform")
     }
 }

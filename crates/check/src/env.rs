@@ -8,7 +8,7 @@ use spedec_cuda::GpuContext;
 use spedec_neox::cuda_model::{shared_gpu, GraphStats};
 use spedec_neox::{Config, CpuModel, CudaModel, CudaOptions, Isa, Lm, ModelFiles, Weights};
 
-use crate::options::Options;
+use crate::options::{LinearKernel, Options};
 use crate::report::Lines;
 
 /// What every section needs: the options, the device and its description.
@@ -25,7 +25,12 @@ impl Env {
     pub fn new(args: Options, on_gpu: bool, lines: Lines) -> Result<Self> {
         let (gpu, device_name) = if on_gpu {
             let gpu = shared_gpu()?;
-            let name = gpu.describe();
+            let name = match args.linear {
+                LinearKernel::Simt => gpu.describe(),
+                LinearKernel::TensorCore => {
+                    format!("{}, tensor-core linears", gpu.describe())
+                }
+            };
             (Some(gpu), name)
         } else {
             (None, "cpu (dry run of the harness)".to_string())
@@ -65,12 +70,9 @@ impl Env {
                     capacity,
                     ..CudaOptions::default()
                 };
-                Ok(Model::Cuda(Box::new(CudaModel::new(
-                    gpu.clone(),
-                    config,
-                    weights,
-                    &opts,
-                )?)))
+                let mut model = CudaModel::new(gpu.clone(), config, weights, &opts)?;
+                model.set_linear_kernel(self.args.linear)?;
+                Ok(Model::Cuda(Box::new(model)))
             }
             None => Ok(Model::Cpu(Box::new(CpuModel::new(
                 config.clone(),

@@ -5,6 +5,8 @@
 //! poisoned with NaN (0xFF bytes) before each run, comparison by `|a − b| <= atol + rtol·|ref|`
 //! with the largest differences reported, and a timing of the same launch. Batch invariance:
 //! rows 0 and 4 of an M = 5 call must be bit-identical to M = 1 calls on those rows alone.
+//! The tensor-core linear (`linear_tc.cu`) runs at M = 1, 5, 16, 128 ([`TC_ROWS`]), timed
+//! against the CUDA-core one, with bit-exact invariance across its two block shapes.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use std::time::Instant;
 use anyhow::{ensure, Result};
 use half::f16;
 
-use spedec_cuda::{AttnShape, GpuBackend, GpuContext, LinDest};
+use spedec_cuda::{AttnShape, GpuBackend, GpuContext, LinDest, LinearKernel};
 
 use crate::backend::CheckBackend;
 use crate::compare::compare;
@@ -246,7 +248,14 @@ fn result(
     }
 }
 
-fn invariance(name: &str, shape: String, row: usize, a: &[u16], b: &[u16]) -> CheckResult {
+fn invariance(
+    name: &str,
+    shape: String,
+    row: usize,
+    m: usize,
+    a: &[u16],
+    b: &[u16],
+) -> CheckResult {
     let differing = a.iter().zip(b).filter(|(x, y)| x != y).count();
     CheckResult {
         name: format!("{name} batch-invariance"),
@@ -257,7 +266,7 @@ fn invariance(name: &str, shape: String, row: usize, a: &[u16], b: &[u16]) -> Ch
         rtol: 0.0,
         pass: differing == 0 && a.len() == b.len(),
         time_us: None,
-        note: format!("row {row} of M=5 vs M=1: {differing} elements differ in bits"),
+        note: format!("row {row} of M={m} vs M=1: {differing} elements differ in bits"),
     }
 }
 
@@ -294,8 +303,21 @@ fn time_it<B: CheckBackend>(
 }
 
 /// Run every check on a GPU. Errors only on driver failures; numerical failures are results.
+/// Includes the device sampler's checks (`crate::sampler_check`) at the last model's
+/// vocabulary with γ = 4.
 pub fn run_checks(gpu: &Arc<GpuContext>, opts: &CheckOptions) -> Result<Vec<CheckResult>> {
-    run_checks_on(&mut GpuBackend::new(gpu.clone(), false), opts)
+    let mut backend = GpuBackend::new(gpu.clone(), false);
+    let mut out = run_checks_on(&mut backend, opts)?;
+    if let Some(model) = opts.models.last() {
+        out.extend(crate::sampler_check::run_sampler_checks_on(
+            &mut backend,
+            model.vocab,
+            4,
+            opts.seed,
+            opts.timing_reps,
+        )?);
+    }
+    Ok(out)
 }
 
 /// Run every check on any backend (the GPU, or the host emulation in the tests).
@@ -310,6 +332,7 @@ pub fn run_checks_on<B: CheckBackend>(b: &mut B, opts: &CheckOptions) -> Result<
         check_embedding(b, &mut rng, model, opts, &mut out)?;
         check_layernorm(b, &mut rng, model, opts, &mut out)?;
         check_linears(b, &mut rng, model, opts, &mut out)?;
+        check_linears_tc(b, &mut rng, model, opts, &mut out)?;
         check_rotary(b, &mut rng, model, opts, &mut out)?;
         check_attention(b, &mut rng, model, opts, &mut out)?;
     }
@@ -490,6 +513,7 @@ fn check_layernorm<B: CheckBackend>(
             "add_layernorm_f16",
             format!("{} [1x{d}]", model.name),
             row,
+            5,
             &a,
             &c,
         ));
@@ -513,11 +537,90 @@ struct LinSpec {
     bias: bool,
 }
 
+impl LinSpec {
+    /// (atol, rtol) of the epilogue's output type.
+    fn tolerance(&self) -> (f64, f64) {
+        match self.epi {
+            Epi::F16 | Epi::Gelu => (1e-3, 2e-3),
+            Epi::F32 | Epi::AddF32 => (1e-4, 1e-4),
+        }
+    }
+}
+
 struct LinParams<B: CheckBackend> {
     w: B::Buf<f16>,
     bias: Option<B::Buf<f16>>,
     w_f: Vec<f32>,
     bias_f: Option<Vec<f32>>,
+}
+
+/// Random weights (scale 2/√K) and bias of `s`, uploaded, with their f32 values.
+fn random_linear<B: CheckBackend>(b: &mut B, rng: &mut Rng, s: &LinSpec) -> Result<LinParams<B>> {
+    let scale = 2.0 / (s.k as f32).sqrt();
+    let (wh, w_f) = rng.f16s(s.n * s.k, scale, 0.0);
+    let (bias, bias_f) = if s.bias {
+        let (bh, bf) = rng.f16s(s.n, 0.5, 0.0);
+        (Some(b.upload(&bh)?), Some(bf))
+    } else {
+        (None, None)
+    };
+    Ok(LinParams {
+        w: b.upload(&wh)?,
+        bias,
+        w_f,
+        bias_f,
+    })
+}
+
+/// The CPU reference of rows `rows` of `s` over x f32 `[m, k]` (and, for the `+=` epilogue,
+/// the residual f32 `[m, n]`): f32 `[rows.len(), n]`.
+fn linear_reference<B: CheckBackend>(
+    s: &LinSpec,
+    p: &LinParams<B>,
+    xf: &[f32],
+    resid: &[f32],
+    rows: &[usize],
+) -> Vec<f32> {
+    let x_sel: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| xf[r * s.k..(r + 1) * s.k].iter().copied())
+        .collect();
+    let act = if s.epi == Epi::Gelu {
+        Act::Gelu
+    } else {
+        Act::None
+    };
+    let mut want = cpu::linear(
+        &x_sel,
+        &p.w_f,
+        p.bias_f.as_deref(),
+        act,
+        rows.len(),
+        s.n,
+        s.k,
+    );
+    if s.epi == Epi::AddF32 {
+        for (j, &r) in rows.iter().enumerate() {
+            for c in 0..s.n {
+                want[j * s.n + c] += resid[r * s.n + c];
+            }
+        }
+    }
+    want
+}
+
+/// Output bits of row `row` of x f16 `[m, k]` run alone (M = 1).
+fn run_row<B: CheckBackend>(
+    b: &mut B,
+    s: &LinSpec,
+    p: &LinParams<B>,
+    xh: &[f16],
+    resid: &[f32],
+    row: usize,
+) -> Result<Vec<u16>> {
+    let x = &xh[row * s.k..(row + 1) * s.k];
+    let r = &resid[row * s.n..(row + 1) * s.n];
+    Ok(run_linear(b, s, p, x, r, 1, 0)?.0)
 }
 
 /// Runs linear for m rows; returns the raw output bits, its f32 values and a timing.
@@ -570,15 +673,10 @@ fn run_linear<B: CheckBackend>(
     }
 }
 
-fn check_linears<B: CheckBackend>(
-    b: &mut B,
-    rng: &mut Rng,
-    model: &ModelShape,
-    opts: &CheckOptions,
-    out: &mut Vec<CheckResult>,
-) -> Result<()> {
+/// The five matrices of a layer and the head, with their epilogues.
+fn linear_specs(model: &ModelShape) -> [LinSpec; 5] {
     let (d, i, v) = (model.hidden, model.intermediate, model.vocab);
-    let specs = [
+    [
         LinSpec {
             name: "qkv",
             n: 3 * d,
@@ -614,41 +712,26 @@ fn check_linears<B: CheckBackend>(
             epi: Epi::F32,
             bias: false,
         },
-    ];
+    ]
+}
+
+fn check_linears<B: CheckBackend>(
+    b: &mut B,
+    rng: &mut Rng,
+    model: &ModelShape,
+    opts: &CheckOptions,
+    out: &mut Vec<CheckResult>,
+) -> Result<()> {
+    let specs = linear_specs(model);
     for s in &specs {
-        let scale = 2.0 / (s.k as f32).sqrt();
-        let (wh, w_f) = rng.f16s(s.n * s.k, scale, 0.0);
-        let (bias, bias_f) = if s.bias {
-            let (bh, bf) = rng.f16s(s.n, 0.5, 0.0);
-            (Some(b.upload(&bh)?), Some(bf))
-        } else {
-            (None, None)
-        };
-        let p = LinParams::<B> {
-            w: b.upload(&wh)?,
-            bias,
-            w_f,
-            bias_f,
-        };
-        let (atol, rtol) = match s.epi {
-            Epi::F16 | Epi::Gelu => (1e-3, 2e-3),
-            Epi::F32 | Epi::AddF32 => (1e-4, 1e-4),
-        };
+        let p = random_linear(b, rng, s)?;
+        let (atol, rtol) = s.tolerance();
         for &m in &opts.rows {
             let (xh, xf) = rng.f16s(m * s.k, 1.0, 0.0);
             let resid = rng.f32s(m * s.n, 1.0, 0.0);
             let (_, got, t) = run_linear(b, s, &p, &xh, &resid, m, opts.timing_reps)?;
-            let act = if s.epi == Epi::Gelu {
-                Act::Gelu
-            } else {
-                Act::None
-            };
-            let mut want = cpu::linear(&xf, &p.w_f, p.bias_f.as_deref(), act, m, s.n, s.k);
-            if s.epi == Epi::AddF32 {
-                for (w, r) in want.iter_mut().zip(&resid) {
-                    *w += *r;
-                }
-            }
+            let all: Vec<usize> = (0..m).collect();
+            let want = linear_reference(s, &p, &xf, &resid, &all);
             let note = t.map_or(String::new(), |t| {
                 format!("{:.0} GB/s of weights", (s.n * s.k * 2) as f64 / (t * 1e3))
             });
@@ -669,25 +752,189 @@ fn check_linears<B: CheckBackend>(
         let (bits5, _, _) = run_linear(b, s, &p, &xh, &resid, 5, 0)?;
         let per_row = bits5.len() / 5;
         for row in [0, 4] {
-            let (b1, _, _) = run_linear(
-                b,
-                s,
-                &p,
-                &xh[row * s.k..(row + 1) * s.k],
-                &resid[row * s.n..(row + 1) * s.n],
-                1,
-                0,
-            )?;
+            let b1 = run_row(b, s, &p, &xh, &resid, row)?;
             out.push(invariance(
                 &format!("linear_f16 {}", s.name),
                 format!("{} [{}x{}]", model.name, s.n, s.k),
                 row,
+                5,
                 &bits5[row * per_row..(row + 1) * per_row],
                 &b1,
             ));
         }
     }
     Ok(())
+}
+
+/// Row counts of the tensor-core linear's check: decode, verify, a verify of 16, a prefill
+/// chunk. The CUDA-core kernel is timed at the same M in launches of at most 16 rows (how the
+/// model runs it today) for the comparison in the note.
+pub const TC_ROWS: [usize; 4] = [1, 5, 16, 128];
+
+/// Rows compared against the CPU reference at M rows (all up to 16, else a sample).
+fn tc_ref_rows(m: usize) -> Vec<usize> {
+    if m <= 16 {
+        (0..m).collect()
+    } else {
+        vec![0, 1, m / 2, m - 1]
+    }
+}
+
+fn failed(name: &str, shape: String, note: String) -> CheckResult {
+    CheckResult {
+        name: name.to_string(),
+        shape,
+        max_abs: f64::NAN,
+        max_rel: f64::NAN,
+        atol: 0.0,
+        rtol: 0.0,
+        pass: false,
+        time_us: None,
+        note,
+    }
+}
+
+/// The tensor-core linear (`linear_tc.cu`) at the model's shapes and [`TC_ROWS`]: against
+/// the reference, timed against the CUDA-core kernel, and bit-exact batch invariance (rows 0
+/// and 4 of M = 5 and rows 0, 4, 127 of M = 128 against M = 1 runs of the same rows). The
+/// backend's kernel choice is restored afterwards.
+fn check_linears_tc<B: CheckBackend>(
+    b: &mut B,
+    rng: &mut Rng,
+    model: &ModelShape,
+    opts: &CheckOptions,
+    out: &mut Vec<CheckResult>,
+) -> Result<()> {
+    let before = b.linear_kernel();
+    if let Err(e) = b.set_linear_kernel(LinearKernel::TensorCore) {
+        out.push(failed(
+            "linear_tc_f16",
+            model.name.to_string(),
+            format!("{e:#}"),
+        ));
+        return Ok(());
+    }
+    let ran = check_linears_tc_on(b, rng, model, opts, out);
+    b.set_linear_kernel(before)?;
+    ran
+}
+
+fn check_linears_tc_on<B: CheckBackend>(
+    b: &mut B,
+    rng: &mut Rng,
+    model: &ModelShape,
+    opts: &CheckOptions,
+    out: &mut Vec<CheckResult>,
+) -> Result<()> {
+    for s in &linear_specs(model) {
+        let p = random_linear(b, rng, s)?;
+        let (atol, rtol) = s.tolerance();
+        let name = format!("linear_tc_f16 {}", s.name);
+        for &m in &TC_ROWS {
+            let (xh, xf) = rng.f16s(m * s.k, 1.0, 0.0);
+            let resid = rng.f32s(m * s.n, 1.0, 0.0);
+            let (_, got, t) = run_linear(b, s, &p, &xh, &resid, m, opts.timing_reps)?;
+            let rows = tc_ref_rows(m);
+            let want = linear_reference(s, &p, &xf, &resid, &rows);
+            let got_sel: Vec<f32> = rows
+                .iter()
+                .flat_map(|&r| got[r * s.n..(r + 1) * s.n].iter().copied())
+                .collect();
+            let simt = time_simt(b, s, &p, &xh, m, opts.timing_reps)?;
+            let mut note = if m > 16 {
+                format!("rows {rows:?} vs reference")
+            } else {
+                String::new()
+            };
+            if let Some(t) = t {
+                let _ = write!(
+                    note,
+                    " {:.0} GB/s of weights",
+                    (s.n * s.k * 2) as f64 / (t * 1e3)
+                );
+                if let Some(ts) = simt {
+                    let _ = write!(
+                        note,
+                        "; linear_f16 {ts:.1} us in {} launch(es), tc/simt {:.2}",
+                        m.div_ceil(16),
+                        t / ts
+                    );
+                }
+            }
+            out.push(result(
+                &name,
+                format!("{} M={m} [{}x{}]", model.name, s.n, s.k),
+                &got_sel,
+                &want,
+                atol,
+                rtol,
+                t,
+                note,
+            ));
+        }
+        // Batch invariance, across both kernel instances (16- and 128-row blocks).
+        let (xh, _) = rng.f16s(128 * s.k, 1.0, 0.0);
+        let resid = rng.f32s(128 * s.n, 1.0, 0.0);
+        let (bits128, _, _) = run_linear(b, s, &p, &xh, &resid, 128, 0)?;
+        let (bits5, _, _) = run_linear(b, s, &p, &xh[..5 * s.k], &resid[..5 * s.n], 5, 0)?;
+        let per_row = bits128.len() / 128;
+        for row in [0, 4, 127] {
+            let b1 = run_row(b, s, &p, &xh, &resid, row)?;
+            let mut against = vec![(128, &bits128[row * per_row..(row + 1) * per_row])];
+            if row < 5 {
+                against.push((5, &bits5[row * per_row..(row + 1) * per_row]));
+            }
+            for (m, bits) in against {
+                out.push(invariance(
+                    &name,
+                    format!("{} [{}x{}]", model.name, s.n, s.k),
+                    row,
+                    m,
+                    bits,
+                    &b1,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Time of the CUDA-core `linear_f16` over m rows in launches of at most 16 rows (None when
+/// the backend does not time). Leaves the tensor-core kernel chosen.
+fn time_simt<B: CheckBackend>(
+    b: &mut B,
+    s: &LinSpec,
+    p: &LinParams<B>,
+    x: &[f16],
+    m: usize,
+    reps: usize,
+) -> Result<Option<f64>> {
+    if reps == 0 || !b.timed() {
+        return Ok(None);
+    }
+    let (n, k) = (s.n, s.k);
+    let mut chunks = Vec::new();
+    for r0 in (0..m).step_by(16) {
+        let rows = (m - r0).min(16);
+        chunks.push((rows, b.upload(&x[r0 * k..(r0 + rows) * k])?));
+    }
+    let mut y16 = b.poisoned::<f16>(16 * n)?;
+    let mut y32 = b.poisoned::<f32>(16 * n)?;
+    b.set_linear_kernel(LinearKernel::Simt)?;
+    let t = time_it(b, reps, |b| {
+        for (rows, xd) in &chunks {
+            let o = match s.epi {
+                Epi::F16 => LinDest::F16(&mut y16),
+                Epi::Gelu => LinDest::F16Gelu(&mut y16),
+                Epi::F32 => LinDest::F32(&mut y32),
+                Epi::AddF32 => LinDest::AddF32(&mut y32),
+            };
+            b.linear(xd, &p.w, p.bias.as_ref(), o, *rows, n, k)?;
+        }
+        Ok(())
+    });
+    b.set_linear_kernel(LinearKernel::TensorCore)?;
+    t
 }
 
 fn check_rotary<B: CheckBackend>(
@@ -865,6 +1112,7 @@ fn check_attention<B: CheckBackend>(
             "attention_f16",
             format!("{} pos {} [{h}x{hd}]", model.name, pos[row]),
             row,
+            5,
             &bits_f16(&o5[r]),
             &bits_f16(&o1),
         ));

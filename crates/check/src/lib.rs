@@ -7,6 +7,9 @@
 //! - [`backend`]: [`CheckBackend`], the check-only calls (poisoning, timing, argmax, softmax)
 //!   as an extension of `spedec_cuda::KernelBackend`, for the device and the emulator.
 //! - [`kernels`]: every kernel against its reference at Pythia shapes, batch invariance.
+//! - [`sampling_reference`], [`sampler`], [`sampler_check`]: the device sampler
+//!   (`kernels/sampling.cu`) — its CPU reference (the CPU sampler with the device's Philox
+//!   uniforms), its calls on a backend, and its self-check (part of [`kernels::run_checks`]).
 //! - [`compare`], [`fixtures`]: the one logits comparison, and the HF golden fixtures.
 //! - `spedec gpu-check`'s harness: [`run`] with [`Options`]; the sections live in
 //!   `sections/` and build on [`env`] and [`report`] below them.
@@ -49,12 +52,15 @@ pub mod kernels;
 mod options;
 pub mod reference;
 pub mod report;
+pub mod sampler;
+pub mod sampler_check;
+pub mod sampling_reference;
 mod sections;
 
 use anyhow::{bail, Result};
 pub use backend::CheckBackend;
 pub use compare::{compare, Diff};
-pub use options::{Options, Section};
+pub use options::{LinearKernel, Options, Section};
 pub use report::{merge, summary_table, Lines, Merged, Status};
 
 use env::Env;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
+pub use spedec_cuda::LinearKernel;
 
 /// The sections of the check, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -69,4 +70,6 @@ pub struct Options {
     /// Folder of the fixture models (subfolders with config.json + model.safetensors, and
     /// optionally golden.safetensors with HF logits).
     pub fixtures: PathBuf,
+    /// The linear kernel of the CUDA models the sections build (the CPU model ignores it).
+    pub linear: LinearKernel,
 }

@@ -1,7 +1,8 @@
 //! Kernels behind one trait, and the one device type that runs them.
 //!
 //! [`KernelBackend`] is what the model's forward (`spedec_neox::cuda_model::Engine`) needs:
-//! buffers, host ↔ backend copies, one call per kernel with the launchers' shapes, and a
+//! buffers, host ↔ backend copies, one call per kernel with the launchers' shapes (plus
+//! row-offset forms of the linear and the attention, for a long prompt's slices), and a
 //! hook to record a step's launches. [`GpuBackend`] is its implementation on a device: it
 //! owns the context, the attention scratch and the CUDA graphs of one model. The
 //! verification crate (`spedec-gpu-check`) adds its check-only calls (poisoning, timing,
@@ -11,16 +12,18 @@
 use std::sync::Arc;
 
 use anyhow::{anyhow, ensure, Result};
-use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
 use half::f16;
 
 use crate::context::GpuContext;
 use crate::graphs::{GraphStats, Graphs};
 use crate::kernels::consts::{ATT_MAX_M, LIN_MAX_M};
-use crate::ops::{AttnScratch, AttnShape, LayerNormOut, LinearOut};
+use crate::linear_tc::{self, LinearKernel, LinearTcScratch};
+use crate::ops::{AttnScratch, AttnShape, In, LayerNormOut, LinearOut};
 
-/// Rows per step: the kernels' limit (M ≤ 16). Longer inputs run in steps of this size,
-/// which batch invariance makes exact.
+/// Rows per step: the kernels' limit (M ≤ 16). Longer inputs run layer-major (the engine's
+/// prefill: [`KernelBackend::linear_rows`] and [`KernelBackend::attention_rows`] address
+/// 16-row slices of them), which batch invariance makes exact.
 pub const MAX_ROWS: usize = if LIN_MAX_M < ATT_MAX_M {
     LIN_MAX_M
 } else {
@@ -44,6 +47,19 @@ pub enum LinDest<'a, B: KernelBackend> {
     F32(&'a mut B::Buf<f32>),
     /// f32 [m, n] += x·Wᵀ + b
     AddF32(&'a mut B::Buf<f32>),
+}
+
+impl<B: KernelBackend> LinDest<'_, B> {
+    /// The same destination, borrowed for one call (so one `LinDest` serves several
+    /// row-slice calls).
+    pub fn reborrow(&mut self) -> LinDest<'_, B> {
+        match self {
+            LinDest::F16(o) => LinDest::F16(&mut **o),
+            LinDest::F16Gelu(o) => LinDest::F16Gelu(&mut **o),
+            LinDest::F32(o) => LinDest::F32(&mut **o),
+            LinDest::AddF32(o) => LinDest::AddF32(&mut **o),
+        }
+    }
 }
 
 /// A second LayerNorm of [`KernelBackend::add_layernorm`]: (weight \[d\], bias \[d\], out [m, d]).
@@ -111,7 +127,23 @@ pub trait KernelBackend: Sized {
         eps: f32,
     ) -> Result<()>;
 
-    /// See [`GpuContext::linear_f16`].
+    /// Which kernel [`KernelBackend::linear`] runs (default [`LinearKernel::Simt`]).
+    fn linear_kernel(&self) -> LinearKernel {
+        LinearKernel::Simt
+    }
+
+    /// Choose the kernel [`KernelBackend::linear`] runs. With [`LinearKernel::TensorCore`],
+    /// `linear` takes any m (not only m <= 16). Errors where the backend lacks the kernel.
+    fn set_linear_kernel(&mut self, kernel: LinearKernel) -> Result<()> {
+        ensure!(
+            kernel == LinearKernel::Simt,
+            "this backend has no {kernel:?} linear kernel"
+        );
+        Ok(())
+    }
+
+    /// See [`GpuContext::linear_f16`] and, with the tensor-core kernel chosen,
+    /// [`GpuContext::linear_tc_f16`].
     fn linear(
         &mut self,
         x: &Self::Buf<f16>,
@@ -146,6 +178,123 @@ pub trait KernelBackend: Sized {
         m: usize,
         shape: &AttnShape,
     ) -> Result<()>;
+
+    /// [`KernelBackend::linear`] of the `m` rows of `x` starting at row `x_row` (x: f16
+    /// [.., k]), written to the `m` rows of `out` starting at row `out_row` (out: [.., n]):
+    /// a slice of a long prompt's rows (the layer-major prefill). Row results are the
+    /// `linear` ones (every linear kernel is batch invariant and row-position invariant).
+    ///
+    /// The default stages the rows through host copies (correct on any backend, and what
+    /// the host emulation uses); [`GpuBackend`] passes views of the device buffers.
+    fn linear_rows(
+        &mut self,
+        x: &Self::Buf<f16>,
+        x_row: usize,
+        w: &Self::Buf<f16>,
+        bias: Option<&Self::Buf<f16>>,
+        out: LinDest<'_, Self>,
+        out_row: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        let staged;
+        let x = if x_row == 0 {
+            x
+        } else {
+            staged = stage_in(self, x, x_row * k, m * k, "linear_rows x")?;
+            &staged
+        };
+        let (start, len) = (out_row * n, m * n);
+        match out {
+            LinDest::F16(o) => with_rows(self, o, start, len, |b, o| {
+                b.linear(x, w, bias, LinDest::F16(o), m, n, k)
+            }),
+            LinDest::F16Gelu(o) => with_rows(self, o, start, len, |b, o| {
+                b.linear(x, w, bias, LinDest::F16Gelu(o), m, n, k)
+            }),
+            LinDest::F32(o) => with_rows(self, o, start, len, |b, o| {
+                b.linear(x, w, bias, LinDest::F32(o), m, n, k)
+            }),
+            LinDest::AddF32(o) => with_rows(self, o, start, len, |b, o| {
+                b.linear(x, w, bias, LinDest::AddF32(o), m, n, k)
+            }),
+        }
+    }
+
+    /// [`KernelBackend::attention`] of the `m` (<= [`MAX_ROWS`]) queries at rows
+    /// `row0..row0 + m` of `q` (f16 [.., H, hd]), `pos` (i32 [..]) and `out` (f16 [.., H·hd]):
+    /// one chunk of a long prompt's queries, whose keys are all in the cache already. A
+    /// query's result is the `attention` one (the kernel is batch invariant per query).
+    ///
+    /// The default stages the rows through host copies (as [`KernelBackend::linear_rows`]);
+    /// [`GpuBackend`] passes views.
+    fn attention_rows(
+        &mut self,
+        q: &Self::Buf<f16>,
+        k_cache: &Self::Buf<f16>,
+        v_cache: &Self::Buf<f16>,
+        pos: &Self::Buf<i32>,
+        out: &mut Self::Buf<f16>,
+        row0: usize,
+        m: usize,
+        shape: &AttnShape,
+    ) -> Result<()> {
+        if row0 == 0 {
+            return self.attention(q, k_cache, v_cache, pos, out, m, shape);
+        }
+        let width = shape.hidden();
+        let q = stage_in(self, q, row0 * width, m * width, "attention_rows q")?;
+        let pos = stage_in(self, pos, row0, m, "attention_rows pos")?;
+        with_rows(self, out, row0 * width, m * width, |b, o| {
+            b.attention(&q, k_cache, v_cache, &pos, o, m, shape)
+        })
+    }
+}
+
+/// Elements `start..start + len` of `buf` as a new buffer (host round trip; the defaults of
+/// [`KernelBackend::linear_rows`] and [`KernelBackend::attention_rows`]).
+fn stage_in<B: KernelBackend, T: Elem>(
+    b: &mut B,
+    buf: &B::Buf<T>,
+    start: usize,
+    len: usize,
+    what: &str,
+) -> Result<B::Buf<T>> {
+    let host = b.download(buf)?;
+    ensure!(
+        start + len <= host.len(),
+        "{what}: elements {start}..{} of a buffer of {}",
+        start + len,
+        host.len()
+    );
+    b.upload(&host[start..start + len])
+}
+
+/// Run `f` on elements `start..start + len` of `buf` as if they were a buffer of their own
+/// (staged through the host unless `start` is 0), then put them back.
+fn with_rows<B: KernelBackend, T: Elem>(
+    b: &mut B,
+    buf: &mut B::Buf<T>,
+    start: usize,
+    len: usize,
+    f: impl FnOnce(&mut B, &mut B::Buf<T>) -> Result<()>,
+) -> Result<()> {
+    if start == 0 {
+        return f(b, buf);
+    }
+    let mut host = b.download(buf)?;
+    ensure!(
+        start + len <= host.len(),
+        "row slice {start}..{} of a buffer of {}",
+        start + len,
+        host.len()
+    );
+    let mut part = b.upload(&host[start..start + len])?;
+    f(b, &mut part)?;
+    let done = b.download(&part)?;
+    host[start..start + len].copy_from_slice(&done);
+    b.write(&host, buf)
 }
 
 /// Kernels on one GPU stream, with the attention scratch and the CUDA graphs of one model.
@@ -154,6 +303,9 @@ pub struct GpuBackend {
     /// f32 partial results of the two-pass attention, for up to [`MAX_ROWS`] queries.
     scratch: Option<AttnScratch>,
     graphs: Graphs,
+    /// The kernel `linear` runs, and the tensor-core kernel's scratch once chosen.
+    linear_kernel: LinearKernel,
+    tc_scratch: Option<LinearTcScratch>,
 }
 
 impl GpuBackend {
@@ -164,6 +316,8 @@ impl GpuBackend {
             gpu,
             scratch: None,
             graphs: Graphs::new(graphs),
+            linear_kernel: LinearKernel::Simt,
+            tc_scratch: None,
         }
     }
 
@@ -241,6 +395,29 @@ impl KernelBackend for GpuBackend {
         ran
     }
 
+    fn linear_kernel(&self) -> LinearKernel {
+        self.linear_kernel
+    }
+
+    /// Recorded graphs are dropped (they launched the other kernel); the tensor-core scratch
+    /// ([`LinearTcScratch::DEFAULT_PART`] f32) is allocated here, never inside a step.
+    fn set_linear_kernel(&mut self, kernel: LinearKernel) -> Result<()> {
+        linear_tc::check_supported(kernel, self.gpu.compute_capability())?;
+        if kernel == LinearKernel::TensorCore && self.tc_scratch.is_none() {
+            self.tc_scratch = Some(LinearTcScratch::new(
+                &self.gpu,
+                LinearTcScratch::DEFAULT_PART,
+                LinearTcScratch::DEFAULT_COUNTERS,
+            )?);
+        }
+        if kernel != self.linear_kernel {
+            let enabled = self.graphs.stats().enabled;
+            self.graphs.set_enabled(enabled);
+        }
+        self.linear_kernel = kernel;
+        Ok(())
+    }
+
     fn embedding(
         &mut self,
         ids: &CudaSlice<u32>,
@@ -294,8 +471,64 @@ impl KernelBackend for GpuBackend {
             LinDest::F32(o) => LinearOut::F32(o),
             LinDest::AddF32(o) => LinearOut::AddF32(o),
         };
+        self.linear_on(x, w, bias.map(|b| b as _), out, m, n, k)
+    }
+
+    /// Views of the rows (no copies): the launchers take views as they take buffers.
+    fn linear_rows(
+        &mut self,
+        x: &CudaSlice<f16>,
+        x_row: usize,
+        w: &CudaSlice<f16>,
+        bias: Option<&CudaSlice<f16>>,
+        out: LinDest<'_, Self>,
+        out_row: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        let xv = tail(x, x_row * k, "linear_rows x")?;
+        let bias = bias.map(|b| b as In<f16>);
+        let start = out_row * n;
+        match out {
+            LinDest::F16(o) => {
+                let mut v = tail_mut(o, start, "linear_rows out")?;
+                self.linear_on(&xv, w, bias, LinearOut::F16(&mut v), m, n, k)
+            }
+            LinDest::F16Gelu(o) => {
+                let mut v = tail_mut(o, start, "linear_rows out")?;
+                self.linear_on(&xv, w, bias, LinearOut::F16Gelu(&mut v), m, n, k)
+            }
+            LinDest::F32(o) => {
+                let mut v = tail_mut(o, start, "linear_rows out")?;
+                self.linear_on(&xv, w, bias, LinearOut::F32(&mut v), m, n, k)
+            }
+            LinDest::AddF32(o) => {
+                let mut v = tail_mut(o, start, "linear_rows out")?;
+                self.linear_on(&xv, w, bias, LinearOut::AddF32(&mut v), m, n, k)
+            }
+        }
+    }
+
+    /// Views of the rows (no copies).
+    fn attention_rows(
+        &mut self,
+        q: &CudaSlice<f16>,
+        k_cache: &CudaSlice<f16>,
+        v_cache: &CudaSlice<f16>,
+        pos: &CudaSlice<i32>,
+        out: &mut CudaSlice<f16>,
+        row0: usize,
+        m: usize,
+        shape: &AttnShape,
+    ) -> Result<()> {
+        let width = shape.hidden();
+        let qv = tail(q, row0 * width, "attention_rows q")?;
+        let pv = tail(pos, row0, "attention_rows pos")?;
+        let mut ov = tail_mut(out, row0 * width, "attention_rows out")?;
+        let scratch = scratch_for(&self.gpu, &mut self.scratch, shape)?;
         self.gpu
-            .linear_f16(x, w, bias.map(|b| b as _), out, m, n, k)
+            .attention_f16(&qv, k_cache, v_cache, &pv, scratch, &mut ov, m, shape)
     }
 
     fn rotary_kv(
@@ -326,6 +559,48 @@ impl KernelBackend for GpuBackend {
         self.gpu
             .attention_f16(q, k_cache, v_cache, pos, scratch, out, m, shape)
     }
+}
+
+impl GpuBackend {
+    /// The chosen linear kernel on device buffers or views.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_on(
+        &mut self,
+        x: In<f16>,
+        w: In<f16>,
+        bias: Option<In<f16>>,
+        out: LinearOut<'_>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        if self.linear_kernel == LinearKernel::TensorCore {
+            let scratch = self
+                .tc_scratch
+                .as_mut()
+                .ok_or_else(|| anyhow!("tensor-core linear chosen without its scratch"))?;
+            return self.gpu.linear_tc_f16(x, w, bias, out, scratch, m, n, k);
+        }
+        self.gpu.linear_f16(x, w, bias, out, m, n, k)
+    }
+}
+
+/// The elements of `buf` from `start` on, as a view.
+fn tail<'a, T>(buf: &'a CudaSlice<T>, start: usize, what: &str) -> Result<CudaView<'a, T>> {
+    let len = buf.len();
+    buf.try_slice(start..)
+        .ok_or_else(|| anyhow!("{what}: element {start} is past the end of a buffer of {len}"))
+}
+
+/// The elements of `buf` from `start` on, as a writable view.
+fn tail_mut<'a, T>(
+    buf: &'a mut CudaSlice<T>,
+    start: usize,
+    what: &str,
+) -> Result<CudaViewMut<'a, T>> {
+    let len = buf.len();
+    buf.try_slice_mut(start..)
+        .ok_or_else(|| anyhow!("{what}: element {start} is past the end of a buffer of {len}"))
 }
 
 /// The scratch in `slot` if it fits `shape`, else a new one put there.

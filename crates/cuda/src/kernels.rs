@@ -35,6 +35,11 @@ pub static KERNEL_SOURCES: &[KernelSource] = &[
         entry_points: &["linear_f16"],
     },
     KernelSource {
+        file: "linear_tc.cu",
+        source: include_str!("../../../kernels/linear_tc.cu"),
+        entry_points: &["linear_tc16_f16", "linear_tc128_f16"],
+    },
+    KernelSource {
         file: "rotary.cu",
         source: include_str!("../../../kernels/rotary.cu"),
         entry_points: &["rotary_kv_f16"],
@@ -48,6 +53,16 @@ pub static KERNEL_SOURCES: &[KernelSource] = &[
         file: "logits.cu",
         source: include_str!("../../../kernels/logits.cu"),
         entry_points: &["argmax_f32", "softmax_f32"],
+    },
+    KernelSource {
+        file: "sampling.cu",
+        source: include_str!("../../../kernels/sampling.cu"),
+        entry_points: &[
+            "sample_process_f32",
+            "sample_draw_f32",
+            "spec_verify_f32",
+            "philox_uniform_f32",
+        ],
     },
 ];
 
@@ -72,6 +87,10 @@ pub mod consts {
     pub const ATT_MAX_HD: usize = 128;
     /// `VOCAB_THREADS` in logits.cu.
     pub const VOCAB_THREADS: u32 = 1024;
+    /// `SAMPLE_THREADS` in sampling.cu: threads per row of the sampler kernels.
+    pub const SAMPLE_THREADS: u32 = 1024;
+    /// `PHILOX_THREADS` in sampling.cu.
+    pub const PHILOX_THREADS: u32 = 256;
 }
 
 /// The kernel source that defines `entry_point`, if any.
@@ -163,6 +182,19 @@ mod tests {
         assert_eq!(
             define(src("logits.cu"), "VOCAB_THREADS"),
             Some(VOCAB_THREADS as u64)
+        );
+    }
+
+    #[test]
+    fn sampler_constants_match_the_source() {
+        let src = source_of("sample_process_f32").unwrap().source;
+        assert_eq!(
+            define(src, "SAMPLE_THREADS"),
+            Some(consts::SAMPLE_THREADS as u64)
+        );
+        assert_eq!(
+            define(src, "PHILOX_THREADS"),
+            Some(consts::PHILOX_THREADS as u64)
         );
     }
 }

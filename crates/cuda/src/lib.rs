@@ -15,21 +15,25 @@
 //!
 //! Modules: [`nvrtc`] (compile, resource report), [`kernels`] (embedded sources),
 //! [`context`] (device, stream, loaded kernels, buffers), [`ops`] (launchers), [`kv`]
-//! (cache layout), [`backend`] (the kernels behind one trait; [`GpuBackend`], the device
-//! implementation), [`graphs`] (a step's launches recorded and replayed).
+//! (cache layout), [`linear_tc`] (the tensor-core linear: plan, scratch, launcher), [`backend`] (the kernels behind one trait; [`GpuBackend`], the device
+//! implementation), [`graphs`] (a step's launches recorded and replayed), [`sampling_ops`]
+//! (the device sampler's launchers: processing, draws, the speculative decision, Philox).
 
 pub mod backend;
 pub mod context;
 pub mod graphs;
 pub mod kernels;
 pub mod kv;
+pub mod linear_tc;
 pub mod nvrtc;
 pub mod ops;
+pub mod sampling_ops;
 
 pub use backend::{Elem, GpuBackend, KernelBackend, LinDest, SecondLn, MAX_ROWS};
 pub use context::{driver_available, gpu_available, GpuContext, NO_DEVICE, NO_DRIVER};
 pub use graphs::GraphStats;
 pub use kv::{GpuKvCache, KvLayout};
+pub use linear_tc::{LinearKernel, LinearTcScratch};
 pub use nvrtc::{compile_all, compile_source, nvrtc_available, Compiled, KernelResources};
 pub use ops::{AttnScratch, AttnShape, LayerNormOut, LinearOut};
 

@@ -7,7 +7,9 @@
 //! All launches go on [`GpuContext::stream`]; nothing synchronises.
 
 use anyhow::{anyhow, bail, ensure, Result};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, SyncOnDrop,
+};
 use half::f16;
 
 use crate::context::GpuContext;
@@ -163,19 +165,50 @@ fn check_rows(what: &str, m: usize, max: usize) -> Result<()> {
     Ok(())
 }
 
-fn to_i32(what: &str, v: usize) -> Result<i32> {
+pub(crate) fn to_i32(what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| anyhow!("{what} = {v} does not fit in i32"))
 }
 
-fn to_u32(what: &str, v: usize) -> Result<u32> {
+pub(crate) fn to_u32(what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| anyhow!("{what} = {v} does not fit in u32"))
 }
 
-fn launch_err(kernel: &str) -> impl FnOnce(cudarc::driver::DriverError) -> anyhow::Error + '_ {
+pub(crate) fn launch_err(
+    kernel: &str,
+) -> impl FnOnce(cudarc::driver::DriverError) -> anyhow::Error + '_ {
     move |e| anyhow!("launching {kernel}: {e:?}")
 }
 
-const NULL: u64 = 0;
+pub(crate) const NULL: u64 = 0;
+
+/// The address of an optional read buffer (null when absent) and the guard that orders its
+/// use on stream `s`.
+pub(crate) fn opt_ptr<'a, T>(
+    buf: Option<In<'a, T>>,
+    s: &'a CudaStream,
+) -> (u64, Option<SyncOnDrop<'a>>) {
+    match buf {
+        Some(b) => {
+            let (p, g) = b.device_ptr(s);
+            (p, Some(g))
+        }
+        None => (NULL, None),
+    }
+}
+
+/// [`opt_ptr`] for a written buffer.
+pub(crate) fn opt_ptr_mut<'a, T>(
+    buf: Option<&'a mut dyn DevicePtrMut<T>>,
+    s: &'a CudaStream,
+) -> (u64, Option<SyncOnDrop<'a>>) {
+    match buf {
+        Some(b) => {
+            let (p, g) = b.device_ptr_mut(s);
+            (p, Some(g))
+        }
+        None => (NULL, None),
+    }
+}
 
 impl GpuContext {
     /// Token embedding gather into the f32 residual stream.
@@ -367,27 +400,9 @@ impl GpuContext {
             p_x % 16 == 0 && p_w % 16 == 0,
             "linear_f16: x and weight must be 16-byte aligned"
         );
-        let (p_b, _gb) = match bias {
-            Some(b) => {
-                let (p, g) = b.device_ptr(s);
-                (p, Some(g))
-            }
-            None => (NULL, None),
-        };
-        let (p_oh, _goh) = match out_h {
-            Some(o) => {
-                let (p, g) = o.device_ptr_mut(s);
-                (p, Some(g))
-            }
-            None => (NULL, None),
-        };
-        let (p_of, _gof) = match out_f {
-            Some(o) => {
-                let (p, g) = o.device_ptr_mut(s);
-                (p, Some(g))
-            }
-            None => (NULL, None),
-        };
+        let (p_b, _gb) = opt_ptr(bias, s);
+        let (p_oh, _goh) = opt_ptr_mut(out_h, s);
+        let (p_of, _gof) = opt_ptr_mut(out_f, s);
         let mut b = s.launch_builder(f);
         b.arg(&p_x)
             .arg(&p_w)

@@ -108,3 +108,31 @@ fn compile_errors_carry_the_log() {
         .to_string();
     assert!(bad_arch.contains("bad NVRTC target"), "{bad_arch}");
 }
+
+#[test]
+fn tensor_core_linear_compiles_to_mma_sync_and_cp_async() {
+    if !nvrtc_or_skip("tensor_core_linear_compiles_to_mma_sync_and_cp_async") {
+        return;
+    }
+    let k = KERNEL_SOURCES
+        .iter()
+        .find(|k| k.file == "linear_tc.cu")
+        .expect("linear_tc.cu registered");
+    for arch in ["sm_80", "sm_90"] {
+        let c = compile_source(k.file, k.source, arch).unwrap_or_else(|e| panic!("{e:#}"));
+        for needle in [
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+            "cp.async.cg.shared.global",
+            "cp.async.wait_group",
+        ] {
+            assert!(
+                c.ptx.contains(needle),
+                "{arch}: {needle} missing from the PTX"
+            );
+        }
+        assert!(
+            !c.ptx.contains("trap;"),
+            "{arch}: the sm_80+ path was not taken"
+        );
+    }
+}

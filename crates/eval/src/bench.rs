@@ -2,12 +2,18 @@
 //! with TTFT, TPOT and throughput as median and min–max over runs × prompts (warm-up runs
 //! excluded), the speculative statistics, and the measured speedup of spec over target beside
 //! the one Leviathan et al.'s formula predicts from the measured acceptance and cost ratio.
+//! With several γ (fixed values and `auto`), the spec runs of every γ are interleaved (run r
+//! of prompt p goes through every γ before run r + 1) and a sweep table compares them.
 
 use anyhow::{bail, Result};
+use spedec_report::bench::{gamma_label, SweepPoint};
 pub use spedec_report::bench::{leviathan_speedup, BenchMode, ModeReport};
 use spedec_report::Machine;
 pub use spedec_report::Summary;
-use spedec_speculative::{generate_autoregressive, generate_speculative, GenConfig, Lm, Stats};
+use spedec_speculative::{
+    expected_tokens, generate_autoregressive, generate_speculative_with_gamma, GammaChoice,
+    GenConfig, Lm, Stats, MAX_AUTO_GAMMA,
+};
 
 /// The report of one benchmark, with every run's statistics.
 pub type BenchReport = spedec_report::bench::BenchReport<Stats>;
@@ -20,10 +26,28 @@ pub const DEFAULT_PROMPTS: [&str; 4] = [
     "The following is a list of the tallest buildings in the world:",
 ];
 
+/// `--gamma`: a number of draft tokens per step in 1..=16, or `auto`.
+pub fn parse_gamma(text: &str) -> Result<GammaChoice, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(GammaChoice::auto());
+    }
+    match text.parse::<usize>() {
+        Ok(g) if (1..=MAX_AUTO_GAMMA).contains(&g) => Ok(GammaChoice::Fixed(g)),
+        _ => Err(format!(
+            "expected a number of draft tokens per step from 1 to {MAX_AUTO_GAMMA}, or auto \
+             (chosen per step), got {text:?}"
+        )),
+    }
+}
+
 /// Benchmark settings.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    /// Settings of every run (`gen.gamma` is unused when `gammas` is non-empty).
     pub gen: GenConfig,
+    /// The γ of the spec runs: one, or several for a sweep (empty: `gen.gamma`).
+    pub gammas: Vec<GammaChoice>,
     pub runs: usize,
     pub warmup: usize,
     pub prompts: Vec<Vec<u32>>,
@@ -56,7 +80,8 @@ impl std::fmt::Display for BenchProgress {
     }
 }
 
-/// Runs small, target and spec; `progress` is called before each generation.
+/// Runs small, target and spec (spec once per γ of `opts.gammas`); `progress` is called
+/// before each generation.
 pub fn run_bench(
     target: &mut dyn Lm,
     draft: &mut dyn Lm,
@@ -69,57 +94,116 @@ pub fn run_bench(
     if opts.prompts.is_empty() || opts.prompts.iter().any(Vec::is_empty) {
         bail!("every benchmark prompt must have at least one token");
     }
+    let gammas = if opts.gammas.is_empty() {
+        vec![GammaChoice::Fixed(opts.gen.gamma)]
+    } else {
+        opts.gammas.clone()
+    };
     let measured = opts.runs * opts.prompts.len();
-    let total = 3 * (opts.warmup + measured);
+    let total = (2 + gammas.len()) * (opts.warmup + measured);
     let mut done = 0;
     let mut modes = Vec::new();
+    let mut spec_runs: Vec<Vec<Stats>> = vec![Vec::new(); gammas.len()];
     for mode in [BenchMode::Small, BenchMode::Target, BenchMode::Spec] {
         let mut runs = Vec::new();
+        let per_round = if mode == BenchMode::Spec {
+            gammas.len()
+        } else {
+            1
+        };
         for r in 0..opts.warmup + opts.runs {
             for (p, prompt) in opts.prompts.iter().enumerate() {
                 let warm = r < opts.warmup;
                 if warm && p > 0 {
                     continue; // one prompt per warm-up run is enough to warm caches
                 }
-                progress(&BenchProgress {
-                    mode,
-                    warm_up: warm,
-                    index: if warm { r + 1 } else { runs.len() + 1 },
-                    count: if warm { opts.warmup } else { measured },
-                    done,
-                    total,
-                });
-                done += 1;
-                let g = match mode {
-                    BenchMode::Small => generate_autoregressive(draft, prompt, &opts.gen)?,
-                    BenchMode::Target => generate_autoregressive(target, prompt, &opts.gen)?,
-                    BenchMode::Spec => generate_speculative(target, draft, prompt, &opts.gen)?,
-                };
-                if !warm {
-                    runs.push(g.stats);
+                for (gi, gamma) in gammas.iter().enumerate().take(per_round) {
+                    let measured_so_far = match mode {
+                        BenchMode::Spec => spec_runs.iter().map(Vec::len).sum(),
+                        _ => runs.len(),
+                    };
+                    progress(&BenchProgress {
+                        mode,
+                        warm_up: warm,
+                        index: if warm {
+                            r * per_round + gi + 1
+                        } else {
+                            measured_so_far + 1
+                        },
+                        count: per_round * if warm { opts.warmup } else { measured },
+                        done,
+                        total,
+                    });
+                    done += 1;
+                    let g = match mode {
+                        BenchMode::Small => generate_autoregressive(draft, prompt, &opts.gen)?,
+                        BenchMode::Target => generate_autoregressive(target, prompt, &opts.gen)?,
+                        BenchMode::Spec => generate_speculative_with_gamma(
+                            target, draft, prompt, &opts.gen, gamma,
+                        )?,
+                    };
+                    if warm {
+                        continue;
+                    }
+                    match mode {
+                        BenchMode::Spec => spec_runs[gi].push(g.stats),
+                        _ => runs.push(g.stats),
+                    }
                 }
             }
         }
-        modes.push(summarize(mode, runs));
+        if mode != BenchMode::Spec {
+            modes.push(summarize(mode, runs));
+        }
     }
-    let median =
-        |m: usize, f: fn(&ModeReport<Stats>) -> Option<Summary>| f(&modes[m]).map(|s| s.median);
+    let spec_modes: Vec<ModeReport<Stats>> = spec_runs
+        .into_iter()
+        .map(|runs| summarize(BenchMode::Spec, runs))
+        .collect();
+    let median = |m: &ModeReport<Stats>, f: fn(&ModeReport<Stats>) -> Option<Summary>| {
+        f(m).map(|s| s.median)
+    };
     let tpot = |r: &ModeReport<Stats>| r.tpot_ms;
     let thr = |r: &ModeReport<Stats>| r.throughput_tok_s;
-    let speedup_tpot = median(1, tpot).zip(median(2, tpot)).map(|(t, s)| t / s);
-    let speedup_throughput = median(2, thr).zip(median(1, thr)).map(|(s, t)| s / t);
-    let cost_ratio = median(0, tpot).zip(median(1, tpot)).map(|(d, t)| d / t);
-    let predicted_speedup = modes[2]
+    let target_tpot = median(&modes[1], tpot);
+    let speedup_of =
+        |spec: &ModeReport<Stats>| target_tpot.zip(median(spec, tpot)).map(|(t, s)| t / s);
+    let speedup_tpot = speedup_of(&spec_modes[0]);
+    let speedup_throughput = median(&spec_modes[0], thr)
+        .zip(median(&modes[1], thr))
+        .map(|(s, t)| s / t);
+    let cost_ratio = median(&modes[0], tpot).zip(target_tpot).map(|(d, t)| d / t);
+    let predicted_speedup = spec_modes[0]
         .acceptance_rate
         .zip(cost_ratio)
-        .map(|(alpha, c)| leviathan_speedup(alpha, opts.gen.gamma, c));
+        .map(|(alpha, c)| match gammas[0] {
+            GammaChoice::Fixed(g) => leviathan_speedup(alpha, g, c),
+            GammaChoice::Auto(_) => mixed_speedup(alpha, &spec_modes[0].gamma_histogram, c),
+        });
+    let sweep = if gammas.len() > 1 {
+        gammas
+            .iter()
+            .zip(&spec_modes)
+            .map(|(g, spec)| SweepPoint {
+                gamma: g.max(),
+                gamma_auto: g.is_auto(),
+                speedup_tpot: speedup_of(spec),
+                spec: spec.clone(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    modes.push(spec_modes.into_iter().next().expect("at least one γ"));
     let new_tokens: Vec<f64> = modes
         .iter()
         .flat_map(|m| &m.runs)
+        .chain(sweep.iter().skip(1).flat_map(|p| &p.spec.runs))
         .map(|s| s.new_tokens as f64)
         .collect();
     Ok(BenchReport {
-        gamma: opts.gen.gamma,
+        gamma: gammas[0].max(),
+        gamma_auto: gammas[0].is_auto(),
         max_new_tokens: opts.gen.max_new_tokens,
         new_tokens: Summary::of(&new_tokens),
         runs: opts.runs,
@@ -132,8 +216,29 @@ pub fn run_bench(
         predicted_speedup,
         target: opts.target_name.clone(),
         draft: opts.draft_name.clone(),
+        sweep,
         machine: opts.machine.clone(),
     })
+}
+
+/// Leviathan et al.'s speedup for steps of varying γ (`histogram[g]` steps drafted g): the
+/// expected tokens of all steps over their cost in target steps, `Σ h_g E(α, g) / Σ h_g (g·c + 1)`.
+fn mixed_speedup(alpha: f64, histogram: &[usize], c: f64) -> f64 {
+    let (tokens, cost) = histogram
+        .iter()
+        .enumerate()
+        .fold((0.0, 0.0), |(t, k), (g, &n)| {
+            let n = n as f64;
+            (
+                t + n * expected_tokens(alpha, g),
+                k + n * (g as f64 * c + 1.0),
+            )
+        });
+    if cost > 0.0 {
+        tokens / cost
+    } else {
+        f64::NAN
+    }
 }
 
 fn summarize(mode: BenchMode, runs: Vec<Stats>) -> ModeReport<Stats> {
@@ -162,6 +267,9 @@ fn summarize(mode: BenchMode, runs: Vec<Stats>) -> ModeReport<Stats> {
         .map_or(0, |s| s.accepted_length_histogram.len()))
         .map(|j| runs.iter().map(|s| s.accepted_length_histogram[j]).sum())
         .collect();
+    let gamma_hist = (0..runs.first().map_or(0, |s| s.gamma_histogram.len()))
+        .map(|g| runs.iter().map(|s| s.gamma_histogram[g]).sum())
+        .collect();
     let is_spec = mode == BenchMode::Spec;
     ModeReport {
         mode,
@@ -173,6 +281,7 @@ fn summarize(mode: BenchMode, runs: Vec<Stats>) -> ModeReport<Stats> {
             .then(|| (accepted + verify) as f64 / verify as f64),
         acceptance_per_position: per_pos,
         accepted_length_histogram: hist,
+        gamma_histogram: gamma_hist,
         draft_s: runs.iter().map(|s| s.timing.draft_s).sum(),
         target_s: runs.iter().map(|s| s.timing.target_s).sum(),
         sampling_s: runs.iter().map(|s| s.timing.sampling_s).sum(),
@@ -181,16 +290,61 @@ fn summarize(mode: BenchMode, runs: Vec<Stats>) -> ModeReport<Stats> {
     }
 }
 
-/// The report as a markdown table like the seed study's, plus the speculative statistics.
+/// The report as a markdown table like the seed study's, plus the speculative statistics,
+/// and with several γ the sweep table.
 pub fn markdown(report: &BenchReport) -> String {
-    format!(
+    let mut out = format!(
         "Speed on {}: γ = {}, {}, {} prompts × {} runs (+{} warm-up); median (min–max).\n\n{}",
         report.machine.description,
-        report.gamma,
+        gamma_label(report.gamma, report.gamma_auto),
         report.new_tokens_label(),
         report.prompts.len(),
         report.runs,
         report.warmup,
         report.tables(&report.target, &report.draft)
-    )
+    );
+    if !report.sweep.is_empty() {
+        out += &format!(
+            "\nγ sweep: {} → {}, spec runs of every γ interleaved; median (min–max) over \
+             prompts × runs; the first γ is the spec row above.\n\n{}",
+            report.draft,
+            report.target,
+            report.sweep_table()
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gamma_is_a_number_from_1_to_16_or_auto() {
+        assert_eq!(parse_gamma("4"), Ok(GammaChoice::Fixed(4)));
+        assert_eq!(parse_gamma("16"), Ok(GammaChoice::Fixed(16)));
+        assert_eq!(parse_gamma("auto"), Ok(GammaChoice::auto()));
+        assert_eq!(parse_gamma("AUTO"), Ok(GammaChoice::auto()));
+        for bad in ["0", "17", "x", "", "-1", "2.5"] {
+            let err = parse_gamma(bad).unwrap_err();
+            assert!(
+                err.starts_with("expected a number of draft tokens per step from 1 to 16, or auto"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_mixed_speedup_is_leviathan_s_for_a_single_gamma() {
+        for (alpha, g, c) in [(0.7, 3, 0.1), (0.0, 1, 0.5), (1.0, 5, 0.02)] {
+            let mut hist = vec![0; g + 1];
+            hist[g] = 7;
+            let want = leviathan_speedup(alpha, g, c);
+            assert!((mixed_speedup(alpha, &hist, c) - want).abs() < 1e-12);
+        }
+        // Half the steps at γ 1, half at γ 3: (E1 + E3) / ((c + 1) + (3c + 1)).
+        let (e1, e3) = (expected_tokens(0.5, 1), expected_tokens(0.5, 3));
+        let want = (e1 + e3) / (1.1 + 1.3);
+        assert!((mixed_speedup(0.5, &[0, 4, 0, 4], 0.1) - want).abs() < 1e-12);
+    }
 }

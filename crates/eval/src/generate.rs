@@ -4,7 +4,8 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use spedec_sampling::derive_seed;
 use spedec_speculative::{
-    generate_autoregressive, generate_speculative, GenConfig, Stats, StopReason,
+    generate_autoregressive, generate_speculative_with_gamma, GammaChoice, GenConfig, Stats,
+    StopReason,
 };
 
 use crate::models::{check_draft, LoadedModel};
@@ -27,11 +28,13 @@ pub struct Sample {
 
 /// Generates `samples` continuations of `prompt`; sample `i` uses seed `derive_seed(seed, i)`
 /// (sample 0 of a single-sample run uses `seed` itself, so `--seed S` reproduces it alone).
+/// With a draft, each step drafts as `gamma` says (`cfg.gamma` is not used).
 pub fn generate(
     target: &mut LoadedModel,
     mut draft: Option<&mut LoadedModel>,
     prompt: &str,
     cfg: GenConfig,
+    gamma: GammaChoice,
     samples: usize,
     mut emit: impl FnMut(&Sample) -> Result<()>,
 ) -> Result<()> {
@@ -53,9 +56,13 @@ pub fn generate(
         };
         let run = GenConfig { seed, ..cfg };
         let generation = match draft.as_deref_mut() {
-            Some(d) => {
-                generate_speculative(target.lm.as_mut(), d.lm.as_mut(), &prompt_tokens, &run)?
-            }
+            Some(d) => generate_speculative_with_gamma(
+                target.lm.as_mut(),
+                d.lm.as_mut(),
+                &prompt_tokens,
+                &run,
+                &gamma,
+            )?,
             None => generate_autoregressive(target.lm.as_mut(), &prompt_tokens, &run)?,
         };
         let text = target.tokenizer.decode(&generation.tokens)?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
-use spedec_check::{Options, Ran, Section};
+use spedec_check::{LinearKernel, Options, Ran, Section};
 
 use crate::models::Device;
 
@@ -50,6 +50,20 @@ pub struct GpuCheckArgs {
     /// optionally golden.safetensors with HF logits).
     #[arg(long, default_value = "data/fixtures/golden")]
     pub fixtures: PathBuf,
+    /// Linear kernel of the CUDA models: simt (CUDA cores, the default) or tc (tensor
+    /// cores, sm_80+); the kernels section checks both either way.
+    #[arg(long, default_value = "simt", value_parser = linear_parser())]
+    pub linear: LinearKernel,
+}
+
+fn linear_parser() -> impl TypedValueParser<Value = LinearKernel> {
+    PossibleValuesParser::new(["simt", "tc"]).map(|s| {
+        if s == "tc" {
+            LinearKernel::TensorCore
+        } else {
+            LinearKernel::Simt
+        }
+    })
 }
 
 fn section_parser() -> impl TypedValueParser<Value = Section> {
@@ -76,6 +90,7 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
         target: args.target,
         draft: args.draft,
         fixtures: args.fixtures,
+        linear: args.linear,
     };
     match spedec_check::run(options, Arc::new(|line: &str| println!("{line}")))? {
         Ran::Passed => {}

@@ -1,21 +1,33 @@
 //! `spedec bench-kernels`: CPU decode against the memory-bandwidth floor.
 //!
-//! Measures, in one process and one time window: the machine's read bandwidth (a vectorised
-//! read with every core over a buffer far larger than the caches), each matmul of one layer
-//! at M = 1 (time and achieved GB/s), the decode step, a (γ+1) = 5-token verify and a
-//! 128-token prefill — each with warm-up, repeats, median and min–max — and the ratio of the
-//! decode step to the floor `bytes of weights read per token / read bandwidth`.
+//! Measures, in one process and one time window: the machine's read bandwidth (the best of a
+//! few read patterns, [`crate::bandwidth`]), each matmul of one layer at M = 1 (time and
+//! achieved GB/s), the decode step, a (γ+1) = 5-token verify and a 128-token prefill — each
+//! with warm-up, repeats, median and min–max — and the ratio of the decode step to the floor
+//! `bytes of weights read per token / read bandwidth`.
+//!
+//! Decode and verify are timed as they run in use: consecutive steps over a growing cache (as
+//! llama-bench's `tg` and as a draft model), with the probe before the timed stretch, so the
+//! weights stay as warm as they are in a real run.
 
 use std::time::Instant;
 
-use anyhow::Result;
-use rayon::prelude::*;
+use anyhow::{ensure, Result};
 use spedec_neox::cpu::matmul::linear;
-use spedec_neox::cpu::packed::{HugeBuffer, PackedLayer, PackedMatrix};
+use spedec_neox::cpu::packed::{PackedLayer, PackedMatrix};
 use spedec_neox::{CpuModel, Isa, ModelFiles};
 pub use spedec_report::kernels::{KernelReport, Timed};
 use spedec_report::{Machine, Summary};
 use spedec_speculative::Lm;
+
+use crate::bandwidth::Probe;
+
+/// Tokens in the cache before the first timed step.
+const START: usize = 16;
+/// Cache capacity of the benchmark model.
+const CONTEXT: usize = 1024;
+/// The most consecutive decode steps a run may ask for.
+pub const MAX_STEPS: usize = 512;
 
 fn time_it(warmup: usize, repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<Summary> {
     for _ in 0..warmup {
@@ -30,90 +42,30 @@ fn time_it(warmup: usize, repeats: usize, mut f: impl FnMut() -> Result<()>) -> 
     Ok(Summary::of(&ms).expect("at least one repeat"))
 }
 
-/// A read-bandwidth probe: every thread folds its share of a buffer far larger than the
-/// caches, allocated like the packed weights (2 MiB aligned, transparent huge pages advised).
-pub struct Probe {
-    buf: HugeBuffer,
-}
-
-impl Probe {
-    pub fn new(bytes: usize) -> Result<Self> {
-        let mut buf = HugeBuffer::zeroed(bytes)?;
-        buf.as_mut_slice().fill(1); // touch every page before timing
-        Ok(Probe { buf })
-    }
-
-    /// One timed pass, in GB/s.
-    pub fn gb_s(&mut self) -> f64 {
-        let threads = rayon::current_num_threads();
-        let chunk = self.buf.as_slice().len().div_ceil(threads * 4);
-        // Bytes actually read: each chunk's four streams cover whole 128-byte rows.
-        let bytes: usize = self
-            .buf
-            .as_slice()
-            .chunks(chunk)
-            .map(|c| c.len() / 512 * 512)
-            .sum();
-        let t = Instant::now();
-        let total: u64 = self.buf.as_slice().par_chunks(chunk).map(xor_lanes).sum();
-        let secs = t.elapsed().as_secs_f64();
-        std::hint::black_box(total);
-        bytes as f64 / secs / 1e9
-    }
-}
-
-/// Folds a chunk as four streams read side by side (like the decode kernel's four panels),
-/// 128 bytes from each in turn, with sixteen independent 64-bit lanes; built for AVX2 where the
-/// CPU has it so the loads are 256 bits wide.
-fn xor_lanes(x: &[u8]) -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: avx2 was detected.
-        return unsafe { xor_lanes_avx2(x) };
-    }
-    xor_streams(x)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn xor_lanes_avx2(x: &[u8]) -> u64 {
-    xor_streams(x)
-}
-
-#[inline(always)]
-fn xor_streams(x: &[u8]) -> u64 {
-    let quarter = x.len() / 4 / 128 * 128;
-    let streams: [&[u8]; 4] = std::array::from_fn(|i| &x[i * quarter..(i + 1) * quarter]);
-    let mut acc = [0u64; 16];
-    for at in (0..quarter).step_by(128) {
-        for s in streams {
-            for (l, a) in acc.iter_mut().enumerate() {
-                let at = at + l * 8;
-                *a ^= u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
-            }
-        }
-    }
-    acc.iter().fold(0, |a, b| a ^ b)
-}
-
 /// Runs the whole kernel benchmark on `spec`; `machine` (this host's CPU) goes into the report.
 ///
-/// The bandwidth probe, the decode step and the verify step are timed in interleaved rounds
-/// (probe, decode, verify, probe, …) so that a shared machine's drifting bandwidth affects all
-/// three alike; the ratios are medians of per-round ratios.
+/// Order: matmuls, then the bandwidth probe, then `steps` consecutive decode steps (after
+/// `warmup` untimed ones) and `repeats` consecutive verify(5) steps over the growing cache,
+/// then the prefill.
 pub fn run(
     spec: &str,
     warmup: usize,
     repeats: usize,
+    steps: usize,
     machine: Machine,
     mut log: impl FnMut(&str),
 ) -> Result<KernelReport> {
+    ensure!(
+        (1..=MAX_STEPS).contains(&steps),
+        "decode steps must be 1 ..= {MAX_STEPS}, got {steps}"
+    );
+    ensure!(repeats >= 1, "repeats must be at least 1");
     log(&format!("loading {spec}"));
     let files = ModelFiles::open(spec)?;
     let isa = Isa::detect();
     let config = files.config.clone();
     let dtype = files.weights.embed_out.dtype();
-    let mut model = CpuModel::new(files.config, files.weights, Some(512), isa)?;
+    let mut model = CpuModel::new(files.config, files.weights, Some(CONTEXT), isa)?;
     let bytes_per_token = model.weights().bytes_per_token();
 
     log("timing matmuls at M = 1 (each call on the next layer's matrix, as in decode)");
@@ -138,42 +90,62 @@ pub fn run(
         repeats * 4,
     )?);
 
-    let prompt: Vec<u32> = (0..128u32)
-        .map(|i| (i * 7919) % config.vocab_size as u32)
-        .collect();
-    log("timing read bandwidth, decode and verify in interleaved rounds");
+    let vocab = config.vocab_size as u32;
+    let token = |i: usize| (i as u32).wrapping_mul(7919) % vocab;
+    let prompt: Vec<u32> = (0..128).map(token).collect();
+
+    log("timing read bandwidth (best of the probe's settings)");
     const PROBE_BYTES: usize = 1 << 30;
-    let mut probe = Probe::new(PROBE_BYTES)?;
-    model.forward(&prompt[..16])?;
-    let mut step = |rows: usize| -> Result<f64> {
-        model.truncate(16)?;
+    let (bw, probe) = {
+        let probe = Probe::new(PROBE_BYTES)?;
+        probe.best(repeats.clamp(3, 5))
+    };
+    let floor_ms = bytes_per_token as f64 / (bw.median * 1e9) * 1e3;
+
+    // Decode then verify, consecutive over one growing cache: position START onwards.
+    let verify_rows = 5;
+    let context = CONTEXT.min(config.max_position_embeddings);
+    let needed = START + warmup + steps + verify_rows * (warmup + repeats);
+    ensure!(
+        needed <= context,
+        "{steps} decode steps with {warmup} warm-up and {repeats} repeats need {needed} \
+         positions; the benchmark's context is {context}"
+    );
+    log(&format!(
+        "timing {steps} consecutive decode steps, then {repeats} consecutive verify(5) steps"
+    ));
+    model.truncate(0)?;
+    model.forward(&prompt[..START])?;
+    let mut pos = START;
+    let mut timed_step = |rows: usize| -> Result<f64> {
+        let ids: Vec<u32> = (pos..pos + rows).map(token).collect();
         let t = Instant::now();
-        model.forward(&prompt[16..16 + rows])?;
+        model.forward(&ids)?;
+        pos += rows;
         Ok(t.elapsed().as_secs_f64() * 1e3)
     };
-    for _ in 0..warmup {
-        probe.gb_s();
-        step(1)?;
-        step(5)?;
+    let mut dec = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let ms = timed_step(1)?;
+        if i >= warmup {
+            dec.push(ms);
+        }
     }
-    let (mut bw, mut dec, mut ver, mut vs_floor, mut vs_dec) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    for _ in 0..repeats {
-        let g = probe.gb_s();
-        let d = step(1)?;
-        let v = step(5)?;
-        let floor = bytes_per_token as f64 / (g * 1e9) * 1e3;
-        bw.push(g);
-        dec.push(d);
-        ver.push(v);
-        vs_floor.push(d / floor);
-        vs_dec.push(v / d);
+    let mut ver = Vec::with_capacity(repeats);
+    for i in 0..warmup + repeats {
+        let ms = timed_step(verify_rows)?;
+        if i >= warmup {
+            ver.push(ms);
+        }
     }
-    drop(probe);
-    let bw = Summary::of(&bw).expect("repeats >= 1");
-    let decode = Summary::of(&dec).expect("repeats >= 1");
+    let decode = Summary::of(&dec).expect("steps >= 1");
     let verify = Summary::of(&ver).expect("repeats >= 1");
-    let floor_ms = bytes_per_token as f64 / (bw.median * 1e9) * 1e3;
+    let step_timing = format!(
+        "{steps} consecutive decode steps from position {} (after {warmup} untimed), then \
+         {repeats} consecutive verify(5) steps keeping their tokens (after {warmup} untimed); \
+         the probe ran before, outside the timed stretch",
+        START + warmup
+    );
 
     log("timing a 128-token prefill (last position's logits only, as llama-bench pp128)");
     let prefill = time_it(warmup.min(1), repeats.clamp(1, 3), || {
@@ -187,11 +159,13 @@ pub fn run(
         isa: format!("{isa:?}"),
         threads: rayon::current_num_threads(),
         read_bandwidth_gb_s: bw,
+        probe,
         bytes_per_token,
         floor_ms,
+        step_timing,
         ops,
-        decode_vs_floor: Summary::of(&vs_floor).expect("repeats >= 1").median,
-        verify5_vs_decode: Summary::of(&vs_dec).expect("repeats >= 1").median,
+        decode_vs_floor: decode.median / floor_ms,
+        verify5_vs_decode: verify.median / decode.median,
         prefill_tok_s: 128.0 / (prefill.median * 1e-3),
         decode_tok_s: 1e3 / decode.median,
         decode: Timed::new("decode step (1 token)", decode, bytes_per_token),
@@ -231,15 +205,27 @@ pub fn markdown(r: &KernelReport) -> String {
     let mut out = format!(
         "{} ({} weights) on {machine}, kernels {}, {} threads; median (min–max) of repeats after \
          warm-up. Matmul rows: M = 1, time per call while cycling through every layer's matrix. \
-         Probe, decode and verify alternate round by round.\n\n\
-         Read bandwidth {:.1} GB/s ({:.1}–{:.1}); weights read per token {:.3} GB; floor {:.2} ms/token.\n\n",
+         Steps: {}.\n\n\
+         Read bandwidth {:.1} GB/s ({:.1}–{:.1}; best probe setting: {} streams per thread, \
+         prefetch {}; transparent huge pages: {}); weights read per token {:.3} GB; floor \
+         {:.2} ms/token.\n\n",
         r.model,
         r.dtype,
         r.isa,
         r.threads,
+        r.step_timing,
         r.read_bandwidth_gb_s.median,
         r.read_bandwidth_gb_s.min,
         r.read_bandwidth_gb_s.max,
+        r.probe.setting.streams,
+        match r.probe.setting.prefetch_bytes {
+            0 => "none".to_string(),
+            b => format!("{b} B ahead"),
+        },
+        r.probe
+            .transparent_huge_pages
+            .as_deref()
+            .unwrap_or("unknown"),
         r.bytes_per_token as f64 / 1e9,
         r.floor_ms
     );
@@ -255,7 +241,7 @@ pub fn markdown(r: &KernelReport) -> String {
         );
     }
     out += &format!(
-        "\ndecode / floor = {:.2}× and verify(5) / decode = {:.2}× (medians of per-round ratios); \
+        "\ndecode / floor = {:.2}× and verify(5) / decode = {:.2}× (ratios of medians); \
          decode {:.1} tokens/s; prefill {:.1} tokens/s\n",
         r.decode_vs_floor, r.verify5_vs_decode, r.decode_tok_s, r.prefill_tok_s
     );

@@ -1,5 +1,6 @@
 //! spedec-eval: the pieces behind the `spedec` command-line tool.
 
+pub mod bandwidth;
 pub mod bench;
 pub mod generate;
 #[cfg(feature = "cuda")]

@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use spedec_eval::bench::{markdown, run_bench, BenchOptions, BenchProgress, DEFAULT_PROMPTS};
+use spedec_eval::bench::{
+    markdown, parse_gamma, run_bench, BenchOptions, BenchProgress, DEFAULT_PROMPTS,
+};
 use spedec_eval::generate::generate;
 use spedec_eval::models::{check_draft, host_machine, load_model_on, Device, LoadedModel};
 use spedec_eval::ppl::{perplexity, Method, PplReport, Windows};
 use spedec_report::{check_writable, write_atomic};
 use spedec_sampling::Sampler;
-use spedec_speculative::{GenConfig, StopReason};
+use spedec_speculative::{GammaChoice, GenConfig, StopReason};
 
 #[derive(Parser)]
 #[command(
@@ -92,9 +94,13 @@ struct BenchKernelsArgs {
     /// Untimed runs before each measurement.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Timed runs per measurement.
+    /// Timed runs per measurement (verify steps, matmul calls, probe passes).
     #[arg(long, default_value_t = 7)]
     repeats: usize,
+    /// Consecutive decode steps timed over the growing cache (as llama-bench -n).
+    #[arg(long, default_value_t = 32, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=spedec_eval::kernels_bench::MAX_STEPS as i64))]
+    steps: u16,
     /// Write the report as JSON to FILE (without FILE or with `-` on stdout, the table then
     /// going to stderr).
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
@@ -109,9 +115,15 @@ struct BenchArgs {
     /// Draft model: a model folder or synthetic:pythia-… .
     #[arg(long, alias = "model-draft")]
     draft: String,
-    /// Draft tokens per verify step (vLLM's num_speculative_tokens, llama.cpp's --draft-max).
-    #[arg(long, alias = "draft-max", default_value_t = 4)]
-    gamma: usize,
+    /// Draft tokens per verify step, 1..=16 (vLLM's num_speculative_tokens, llama.cpp's
+    /// --draft-max), or `auto`: chosen per step from the measured acceptance and the measured
+    /// costs of a draft step and of a verify (up to 16). Several, comma-separated (e.g.
+    /// 1,2,4,8,auto), make a sweep: the spec runs of each are interleaved and compared in one
+    /// table. With auto and random sampling a seed's sample depends on timing (greedy output
+    /// does not).
+    #[arg(long, alias = "draft-max", value_delimiter = ',', default_value = "4",
+          value_parser = parse_gamma, value_name = "N|auto")]
+    gamma: Vec<GammaChoice>,
     /// New tokens per run (fewer when the context fills up).
     #[arg(short = 'n', long, default_value_t = 200)]
     max_new_tokens: usize,
@@ -194,9 +206,13 @@ struct GenerateArgs {
     /// Draft model: enables speculative decoding.
     #[arg(long, alias = "model-draft")]
     draft: Option<String>,
-    /// Draft tokens per verify step (vLLM's num_speculative_tokens, llama.cpp's --draft-max).
-    #[arg(long, alias = "draft-max", default_value_t = 4)]
-    gamma: usize,
+    /// Draft tokens per verify step, 1..=16 (vLLM's num_speculative_tokens, llama.cpp's
+    /// --draft-max), or `auto`: chosen per step from the measured acceptance and the measured
+    /// costs of a draft step and of a verify (up to 16). With auto and random sampling a seed's
+    /// sample depends on timing, so it may differ between runs; greedy output does not.
+    #[arg(long, alias = "draft-max", default_value = "4", value_parser = parse_gamma,
+          value_name = "N|auto")]
+    gamma: GammaChoice,
     /// Text to continue.
     #[arg(short = 'p', long)]
     prompt: String,
@@ -253,20 +269,38 @@ fn main() {
         Command::Convert(args) => run_convert(args),
     });
     if let Err(err) = result {
-        eprintln!("error: {err:#}");
+        // One line; a folder of pickle weights also says how to convert it.
+        let hint = err
+            .downcast_ref::<spedec_neox::checkpoint::PytorchOnly>()
+            .map(|only| {
+                format!(
+                    " (run `spedec convert --input {}`: it writes safetensors beside it and \
+                     executes nothing in the pickle)",
+                    only.dir.display()
+                )
+            })
+            .unwrap_or_default();
+        eprintln!("error: {err:#}{hint}");
         std::process::exit(1);
     }
 }
 
 fn run_convert(args: ConvertArgs) -> Result<()> {
+    use spedec_neox::checkpoint::{PYTORCH_BIN, PYTORCH_BIN_INDEX, SINGLE_FILE};
+    // A folder: its pytorch_model.bin, else its sharded set.
+    let sharded_index = args.input.join(PYTORCH_BIN_INDEX);
+    if args.input.is_dir() && !args.input.join(PYTORCH_BIN).is_file() && sharded_index.is_file() {
+        return convert_sharded(&sharded_index, args.output.as_deref(), args.force);
+    }
     let input = if args.input.is_dir() {
-        args.input.join(spedec_neox::checkpoint::PYTORCH_BIN)
+        args.input.join(PYTORCH_BIN)
     } else {
         args.input.clone()
     };
     if !input.is_file() {
         anyhow::bail!(
-            "bad --input: {} is not a file (expected a pytorch_model.bin or a folder with one)",
+            "bad --input: {} is not a file (expected a pytorch_model.bin, or a folder with one or \
+             with {PYTORCH_BIN_INDEX} and its shards)",
             input.display()
         );
     }
@@ -274,7 +308,7 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
         input
             .parent()
             .unwrap_or(std::path::Path::new("."))
-            .join(spedec_neox::checkpoint::SINGLE_FILE)
+            .join(SINGLE_FILE)
     });
     if output.exists() && !args.force {
         anyhow::bail!(
@@ -289,6 +323,42 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
         "converted {n} tensors: {} -> {} in {:.1} s",
         input.display(),
         output.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `spedec convert` of a sharded `.bin` set: the safetensors shards and their index go to
+/// `output` (a folder; default: beside the input).
+fn convert_sharded(
+    index: &std::path::Path,
+    output: Option<&std::path::Path>,
+    force: bool,
+) -> Result<()> {
+    use spedec_neox::checkpoint::SHARD_INDEX;
+    let dir = output.unwrap_or_else(|| index.parent().unwrap_or(std::path::Path::new(".")));
+    if dir.is_file() {
+        anyhow::bail!(
+            "bad --output: {} is a file; a sharded checkpoint converts into a folder",
+            dir.display()
+        );
+    }
+    let out_index = dir.join(SHARD_INDEX);
+    if out_index.exists() && !force {
+        anyhow::bail!(
+            "bad --output: {} exists; pass --force to replace it",
+            out_index.display()
+        );
+    }
+    spedec_report::check_writable(&out_index).context("bad --output")?;
+    let t0 = std::time::Instant::now();
+    let done = spedec_neox::pytorch::convert_sharded(index, dir)?;
+    eprintln!(
+        "converted {} tensors in {} shards: {} -> {} in {:.1} s",
+        done.tensors,
+        done.shards.len(),
+        index.display(),
+        done.index.display(),
         t0.elapsed().as_secs_f64()
     );
     Ok(())
@@ -392,7 +462,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     };
     let cfg = GenConfig {
         max_new_tokens: args.max_new_tokens,
-        gamma: args.gamma,
+        gamma: args.gamma.max(),
         sampler,
         seed: args.seed,
         stop_at_eos: args.stop_at_eos,
@@ -409,6 +479,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         draft.as_mut(),
         &args.prompt,
         cfg,
+        args.gamma,
         args.samples,
         |sample| {
             let mut out = std::io::stdout().lock();
@@ -436,6 +507,9 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
                     sample.stats.mean_accepted_length.unwrap_or(0.0)
                 );
             }
+            if sample.stats.gamma_auto {
+                line += &gamma_steps(&sample.stats.gamma_histogram);
+            }
             eprintln!("{line}");
             if sample.stop_reason == StopReason::ContextFull {
                 eprintln!(
@@ -455,6 +529,20 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         write_atomic(path, lines.as_bytes())?;
     }
     Ok(())
+}
+
+/// `, γ auto: mean 3.40, steps by γ 2×3 4×7` from a γ histogram (index γ).
+fn gamma_steps(histogram: &[usize]) -> String {
+    let steps: Vec<String> = histogram
+        .iter()
+        .enumerate()
+        .filter(|(_, &n)| n > 0)
+        .map(|(g, n)| format!("{g}×{n}"))
+        .collect();
+    match spedec_report::bench::mean_gamma(histogram) {
+        Some(mean) => format!(", γ auto: mean {mean:.2}, steps by γ {}", steps.join(" ")),
+        None => ", γ auto: no verify step".to_string(),
+    }
 }
 
 /// The context a run has, and how the user could give it more.
@@ -523,11 +611,12 @@ fn run_bench_cmd(args: BenchArgs) -> Result<()> {
     let opts = BenchOptions {
         gen: GenConfig {
             max_new_tokens: args.max_new_tokens,
-            gamma: args.gamma,
+            gamma: args.gamma[0].max(),
             sampler,
             seed: args.seed,
             stop_at_eos: false,
         },
+        gammas: args.gamma.clone(),
         runs: args.runs,
         warmup: args.warmup,
         prompts,
@@ -613,6 +702,7 @@ fn run_bench_kernels(args: BenchKernelsArgs) -> Result<()> {
         &args.model,
         args.warmup,
         args.repeats,
+        args.steps as usize,
         host_machine(),
         |m| eprintln!("{m}"),
     )?;
@@ -668,6 +758,15 @@ mod tests {
         );
         assert_eq!(fmt_duration(42.4), "42 s");
         assert_eq!(fmt_duration(7530.0), "2 h 05 min");
+    }
+
+    #[test]
+    fn auto_gamma_steps_are_listed_by_gamma() {
+        assert_eq!(
+            gamma_steps(&[0, 3, 0, 0, 7]),
+            ", γ auto: mean 3.10, steps by γ 1×3 4×7"
+        );
+        assert_eq!(gamma_steps(&[0, 0]), ", γ auto: no verify step");
     }
 
     #[test]

@@ -502,6 +502,7 @@ fn convert_turns_a_pytorch_bin_into_a_loadable_folder_and_refuses_to_overwrite()
         "generate", "-m", dir, "-p", "Hello", "-n", "2", "--greedy",
     ]));
     assert!(line.contains("has only pytorch_model.bin"), "{line}");
+    assert!(line.contains("spedec convert --input"), "{line}");
     let out = spedec(&["convert", "--input", dir]);
     assert!(
         out.status.success(),
@@ -524,4 +525,228 @@ fn convert_turns_a_pytorch_bin_into_a_loadable_folder_and_refuses_to_overwrite()
         tmp.path().join("none.bin").to_str().unwrap(),
     ]));
     assert!(line.contains("bad --input"), "{line}");
+}
+
+#[test]
+fn bench_kernels_times_consecutive_steps_and_reports_the_probe_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("k.json");
+    let out = spedec(&[
+        "bench-kernels",
+        "-m",
+        "synthetic:pythia-14m",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--steps",
+        "3",
+        "--json",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let timing = report["step_timing"].as_str().unwrap();
+    assert!(timing.contains("3 consecutive decode steps"), "{timing}");
+    assert!(timing.contains("outside the timed stretch"), "{timing}");
+    let tried = report["probe"]["tried"].as_array().unwrap();
+    assert!(tried.len() >= 2, "{tried:?}");
+    let best = tried
+        .iter()
+        .map(|t| t["median_gb_s"].as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    assert_eq!(report["read_bandwidth_gb_s"]["median"].as_f64(), Some(best));
+    assert!(report["decode"]["ms"]["median"].as_f64().unwrap() > 0.0);
+    // A decode stretch longer than the benchmark allows is refused by the flag.
+    let out = spedec(&["bench-kernels", "--steps", "100000"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("'--steps <N>'"), "{err}");
+}
+
+#[test]
+fn gamma_takes_a_number_from_1_to_16_or_auto() {
+    for bad in ["0", "17", "x"] {
+        for cmd in ["generate", "bench"] {
+            let mut args = vec![cmd, "-m", "synthetic:pythia-14m", "--draft"];
+            args.extend(["synthetic:pythia-14m:seed=1", "-p", "Hi", "--gamma", bad]);
+            if cmd == "bench" {
+                args.retain(|a| *a != "-p" && *a != "Hi");
+            }
+            let out = spedec(&args);
+            assert!(!out.status.success(), "{cmd} --gamma {bad} was accepted");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains(&format!("invalid value '{bad}' for '--gamma"))
+                    && err.contains("from 1 to 16, or auto"),
+                "{cmd} --gamma {bad}: {err}"
+            );
+        }
+    }
+    // Auto γ with a noisy copy of the target: greedy output is still the target's.
+    let base = [
+        "generate",
+        "-m",
+        "synthetic:pythia-14m:seed=1",
+        "-p",
+        "The history of the city",
+        "-n",
+        "16",
+        "--greedy",
+        "--device",
+        "cpu",
+        "--json",
+    ];
+    let ar = json_of(&spedec(&base));
+    let mut args = base.to_vec();
+    args.extend([
+        "--draft",
+        "synthetic:pythia-14m:seed=1:noise=0.3:layers=3",
+        "--gamma",
+        "auto",
+    ]);
+    let out = spedec(&args);
+    let spec = json_of(&out);
+    assert_eq!(spec["tokens"], ar["tokens"]);
+    let stats = &spec["stats"];
+    assert_eq!(
+        (&stats["gamma_auto"], &stats["gamma"]),
+        (&Value::from(true), &Value::from(16))
+    );
+    let hist: Vec<u64> = stats["gamma_histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(hist.len(), 17);
+    assert_eq!(
+        hist.iter().sum::<u64>(),
+        stats["verify_steps"].as_u64().unwrap()
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(", γ auto: mean "), "{err}");
+}
+
+#[test]
+fn bench_sweeps_several_gammas_with_auto() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("prompts.txt");
+    std::fs::write(&prompts, "The history of the city\n").unwrap();
+    let report = tmp.path().join("sweep.json");
+    let out = tiny_bench(
+        &prompts,
+        &[
+            "--draft",
+            "synthetic:pythia-14m:noise=0.1",
+            "-n",
+            "12",
+            "--gamma",
+            "1,3,auto",
+            "--json",
+            report.to_str().unwrap(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "Speed on ",
+        ": γ = 1, 12 new tokens",
+        "γ sweep: synthetic:pythia-14m:noise=0.1 → synthetic:pythia-14m",
+        "| γ | spec TPOT (ms) |",
+        "\n| 1 | ",
+        "\n| 3 | ",
+        "\n| auto (≤ 16) | ",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "`{needle}` missing from:\n{stdout}"
+        );
+    }
+    let v: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let sweep = v["sweep"].as_array().unwrap();
+    let labels: Vec<(Value, Value)> = sweep
+        .iter()
+        .map(|p| (p["gamma"].clone(), p["gamma_auto"].clone()))
+        .collect();
+    assert_eq!(
+        labels,
+        [(1, false), (3, false), (16, true)].map(|(g, a)| (Value::from(g), Value::from(a)))
+    );
+    for p in sweep {
+        let runs = p["spec"]["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0]["gamma_auto"], p["gamma_auto"]);
+    }
+    assert_eq!(v["modes"][2]["runs"], sweep[0]["spec"]["runs"]);
+    assert_eq!(
+        (&v["gamma"], &v["gamma_auto"]),
+        (&Value::from(1), &Value::from(false))
+    );
+}
+
+#[test]
+fn convert_turns_a_sharded_pytorch_set_into_safetensors_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = fixture_folder(tmp.path(), |_| {});
+    let single = std::fs::read(folder.join("model.safetensors")).unwrap();
+    std::fs::remove_file(folder.join("model.safetensors")).unwrap();
+    // One shard holding every tensor, named by an index as transformers writes it.
+    let bin =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures/pytorch/parallel-f16.bin");
+    let shard = "pytorch_model-00001-of-00001.bin";
+    std::fs::copy(&bin, folder.join(shard)).unwrap();
+    let header_len = u64::from_le_bytes(single[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&single[8..8 + header_len]).unwrap();
+    let mut weight_map = serde_json::Map::new();
+    for name in header.as_object().unwrap().keys() {
+        if name != "__metadata__" {
+            weight_map.insert(name.clone(), Value::from(shard));
+        }
+    }
+    // The fixture's extra buffers (attention.bias / masked_bias) are in the shard too.
+    for layer in 0..2 {
+        for buf in ["bias", "masked_bias"] {
+            weight_map.insert(
+                format!("gpt_neox.layers.{layer}.attention.{buf}"),
+                Value::from(shard),
+            );
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        folder.join("pytorch_model.bin.index.json"),
+        serde_json::to_string(&index).unwrap(),
+    )
+    .unwrap();
+    let dir = folder.to_str().unwrap();
+    let line = error_line(&spedec(&[
+        "generate", "-m", dir, "-p", "Hello", "-n", "2", "--greedy",
+    ]));
+    assert!(
+        line.contains("has only pytorch_model.bin.index.json"),
+        "{line}"
+    );
+    let out = spedec(&["convert", "--input", dir]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(folder.join("model.safetensors.index.json").is_file());
+    assert!(folder.join("model-00001-of-00001.safetensors").is_file());
+    let out = spedec(&[
+        "generate", "-m", dir, "-p", "a b", "-n", "2", "--greedy", "--json",
+    ]);
+    assert_eq!(json_of(&out)["tokens"].as_array().map(Vec::len), Some(2));
+    let line = error_line(&spedec(&["convert", "--input", dir]));
+    assert!(line.contains("exists; pass --force"), "{line}");
 }

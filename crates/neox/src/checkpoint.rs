@@ -21,9 +21,41 @@ use serde::Deserialize;
 /// The single-file weights of a Hugging Face folder.
 pub const SINGLE_FILE: &str = "model.safetensors";
 /// The index of a sharded safetensors checkpoint.
-pub const SHARD_INDEX: &str = "model.safetensors.index.json";
+pub const SHARD_INDEX: &str = spedec_pytorch::SAFETENSORS_INDEX;
 /// PyTorch's pickle checkpoint (not read by this loader).
 pub const PYTORCH_BIN: &str = "pytorch_model.bin";
+
+/// The index of a sharded PyTorch checkpoint.
+pub const PYTORCH_BIN_INDEX: &str = spedec_pytorch::BIN_INDEX;
+
+/// A model folder holds only PyTorch pickle weights (`pytorch_model.bin`, or a sharded set
+/// from `pytorch_model.bin.index.json`), which the loader does not map; they must be
+/// converted to safetensors first (`spedec_neox::pytorch` does it without running the
+/// pickle). The CLI recognises this error to say how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PytorchOnly {
+    pub dir: PathBuf,
+    /// The sharded layout (`pytorch_model.bin.index.json`).
+    pub sharded: bool,
+}
+
+impl std::fmt::Display for PytorchOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.sharded {
+            PYTORCH_BIN_INDEX
+        } else {
+            PYTORCH_BIN
+        };
+        write!(
+            f,
+            "model folder {} has only {what} (PyTorch pickle), which is not memory-mapped; \
+             convert it to safetensors first",
+            self.dir.display()
+        )
+    }
+}
+
+impl std::error::Error for PytorchOnly {}
 
 /// Largest safetensors header we accept (the `safetensors` crate's own limit).
 const MAX_HEADER_BYTES: u64 = 100_000_000;
@@ -50,13 +82,14 @@ impl Checkpoint {
         if index.is_file() {
             return Ok(Checkpoint::Sharded(ShardIndex::read(&index)?));
         }
-        if dir.join(PYTORCH_BIN).is_file() {
-            bail!(
-                "model folder {} has only {PYTORCH_BIN} (PyTorch pickle), which this loader \
-                 does not read; convert it to {SINGLE_FILE} (e.g. with HF transformers' \
-                 save_pretrained(safe_serialization=True))",
-                dir.display()
-            );
+        for (file, sharded) in [(PYTORCH_BIN, false), (PYTORCH_BIN_INDEX, true)] {
+            if dir.join(file).is_file() {
+                return Err(PytorchOnly {
+                    dir: dir.to_path_buf(),
+                    sharded,
+                }
+                .into());
+            }
         }
         bail!(
             "missing {SINGLE_FILE} (or {SHARD_INDEX}) in model folder {}",

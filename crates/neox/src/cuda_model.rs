@@ -6,15 +6,19 @@
 //!   rounded to f16 at upload (a value beyond the f16 range is an error). LayerNorm
 //!   parameters and biases are f16 too.
 //! - KV cache: f16, allocated once for `capacity` positions; `truncate` moves the length.
-//! - `forward(tokens)` takes any number of tokens and runs them in steps of at most 16 rows
-//!   (the kernels' limit; exact, since every kernel is batch invariant), copying each step's
-//!   f32 logits to the host. No step allocates device memory; token ids and positions are
-//!   written into device arrays, and each step's launches are replayed from a CUDA graph
-//!   per row count (`spedec_cuda::graphs` explains the design; `SPEDEC_CUDA_GRAPHS=0`
-//!   turns graphs off).
+//! - `forward(tokens)` takes any number of tokens. Up to 16 (a decode or verify step) run
+//!   as one step, copying its f32 logits to the host. No step allocates device memory; token
+//!   ids and positions are written into device arrays, and each step's launches are
+//!   replayed from a CUDA graph per row count (`spedec_cuda::graphs` explains the design;
+//!   `SPEDEC_CUDA_GRAPHS=0` turns graphs off). Longer inputs (a prompt) run layer-major:
+//!   each layer over all rows, so each linear is one matrix product over the prompt
+//!   (see [`engine`]); `forward_last` unembeds only the last row. Both paths give the same
+//!   bits, since every kernel is batch invariant.
+//! - The linear kernel: [`LinearKernel::Simt`] (CUDA cores, the default) or
+//!   [`LinearKernel::TensorCore`] (sm_80+), chosen by [`CudaModel::set_linear_kernel`].
 //!
-//! Modules: [`engine`] (the forward over any kernel backend, step by step like the CPU
-//! model); the device backend itself is [`spedec_cuda::GpuBackend`].
+//! Modules: [`engine`] (the forward over any kernel backend, in steps or layer-major, like
+//! the CPU model); the device backend itself is [`spedec_cuda::GpuBackend`].
 
 pub mod engine;
 
@@ -27,8 +31,8 @@ use spedec_lm::{Lm, Logits};
 use crate::config::Config;
 use crate::weights::Weights;
 
-pub use engine::{Engine, MAX_ROWS};
-pub use spedec_cuda::GraphStats;
+pub use engine::{Engine, MAX_ROWS, PREFILL_ROWS};
+pub use spedec_cuda::{GraphStats, LinearKernel};
 
 /// Environment variable that turns CUDA graphs off when set to `0` (or `false` / `off`).
 pub const GRAPHS_ENV: &str = "SPEDEC_CUDA_GRAPHS";
@@ -137,6 +141,25 @@ impl CudaModel {
     pub fn set_graphs(&mut self, enabled: bool) {
         self.engine.backend_mut().set_graphs(enabled);
     }
+
+    /// Choose the kernel of every linear layer: [`LinearKernel::Simt`] (the default) or
+    /// [`LinearKernel::TensorCore`] (an error below sm_80). Recorded graphs are dropped; the
+    /// tensor-core kernel's scratch (64 MiB) is allocated here. Logits differ between the
+    /// two kernels in their last bits, but each is bit-identical across decode, verify and
+    /// prefill.
+    pub fn set_linear_kernel(&mut self, kernel: LinearKernel) -> Result<()> {
+        self.engine.set_linear_kernel(kernel)
+    }
+
+    /// The linear kernel in use.
+    pub fn linear_kernel(&self) -> LinearKernel {
+        self.engine.linear_kernel()
+    }
+
+    /// Rows per layer-major prefill chunk (default [`PREFILL_ROWS`]; at least 1).
+    pub fn set_prefill_rows(&mut self, rows: usize) -> Result<()> {
+        self.engine.set_prefill_rows(rows)
+    }
 }
 
 impl Lm for CudaModel {
@@ -151,6 +174,11 @@ impl Lm for CudaModel {
     }
     fn forward(&mut self, tokens: &[u32]) -> Result<Logits> {
         self.engine.forward(tokens)
+    }
+    /// Only the last row is unembedded (a long prompt's prefill skips `embed_out` for the
+    /// others); the same bits as the last row of `forward`.
+    fn forward_last(&mut self, tokens: &[u32]) -> Result<Logits> {
+        self.engine.forward_last(tokens)
     }
     fn truncate(&mut self, len: usize) -> Result<()> {
         self.engine.truncate(len)

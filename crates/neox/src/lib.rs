@@ -8,11 +8,14 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda_model;
 pub mod model;
-pub mod pytorch;
 pub mod source;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
+
+/// `pytorch_model.bin` read without executing anything, and its conversion to safetensors
+/// (the `spedec-pytorch` crate, here under its old path).
+pub use spedec_pytorch as pytorch;
 
 pub use config::Config;
 pub use cpu::Isa;

@@ -51,6 +51,10 @@ pub struct ModeReport<R = serde_json::Value> {
     /// Speculative only: verify steps by accepted drafts, 0..=γ.
     #[serde(default)]
     pub accepted_length_histogram: Vec<usize>,
+    /// Speculative only: verify steps by drafted tokens (the γ each step used), 0..=γ; with
+    /// `--gamma auto`, the distribution of the chosen γ.
+    #[serde(default)]
+    pub gamma_histogram: Vec<usize>,
     /// Seconds spent in draft forward / target forward / sampling / prefill, summed over
     /// measured runs.
     #[serde(default)]
@@ -69,7 +73,11 @@ pub struct ModeReport<R = serde_json::Value> {
 /// The whole benchmark report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport<R = serde_json::Value> {
+    /// The γ of `modes`' spec runs; with `gamma_auto`, the largest the choice may pick.
     pub gamma: usize,
+    /// Whether the spec runs of `modes` chose γ per step (`--gamma auto`).
+    #[serde(default)]
+    pub gamma_auto: bool,
     /// New tokens each run was asked for.
     pub max_new_tokens: usize,
     /// New tokens the measured runs actually made (fewer than asked when the context filled
@@ -96,8 +104,47 @@ pub struct BenchReport<R = serde_json::Value> {
     /// The draft model as given.
     #[serde(default)]
     pub draft: String,
+    /// With several `--gamma` values: the spec runs of each, in the order given (the first is
+    /// also `modes`' spec entry); empty for a single γ.
+    #[serde(default)]
+    pub sweep: Vec<SweepPoint<R>>,
     #[serde(flatten)]
     pub machine: Machine,
+}
+
+/// The spec runs of one γ (fixed or auto) of a sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepPoint<R = serde_json::Value> {
+    /// The fixed γ, or with `gamma_auto` the largest the choice may pick.
+    pub gamma: usize,
+    #[serde(default)]
+    pub gamma_auto: bool,
+    /// Median target TPOT / median spec TPOT of this γ.
+    pub speedup_tpot: Option<f64>,
+    pub spec: ModeReport<R>,
+}
+
+impl<R> SweepPoint<R> {
+    /// `4`, or `auto (≤ 16)`.
+    pub fn label(&self) -> String {
+        gamma_label(self.gamma, self.gamma_auto)
+    }
+}
+
+/// `4`, or `auto (≤ 16)`.
+pub fn gamma_label(gamma: usize, auto: bool) -> String {
+    if auto {
+        format!("auto (≤ {gamma})")
+    } else {
+        gamma.to_string()
+    }
+}
+
+/// Mean γ of a γ histogram (index = γ), if any step was counted.
+pub fn mean_gamma(histogram: &[usize]) -> Option<f64> {
+    let steps: usize = histogram.iter().sum();
+    let drafted: usize = histogram.iter().enumerate().map(|(g, n)| g * n).sum();
+    (steps > 0).then(|| drafted as f64 / steps as f64)
 }
 
 impl<R> BenchReport<R> {
@@ -218,6 +265,57 @@ impl<R> BenchReport<R> {
                 pct.join(" / ")
             );
         }
+        if let Some(s) = spec.filter(|_| self.gamma_auto) {
+            let hist: Vec<String> = s.gamma_histogram.iter().map(usize::to_string).collect();
+            out += &format!(
+                "| γ chosen per step (auto): verify steps by γ 0..{} | {} |\n",
+                self.gamma,
+                hist.join(", ")
+            );
+            out += &format!(
+                "| mean γ (auto) | {} |\n",
+                fmt_opt(mean_gamma(&s.gamma_histogram), 2)
+            );
+        }
+        out
+    }
+
+    /// With several γ: one row per γ — spec TPOT and throughput (median (min–max)), α, tokens
+    /// per verify step, mean γ, the speedup over the target, and each TPOT against the best
+    /// fixed γ's (`+3.1%`: that much slower). Empty without a sweep.
+    pub fn sweep_table(&self) -> String {
+        if self.sweep.is_empty() {
+            return String::new();
+        }
+        let best = self
+            .sweep
+            .iter()
+            .filter(|p| !p.gamma_auto)
+            .filter_map(|p| p.spec.tpot_ms.map(|s| s.median))
+            .min_by(f64::total_cmp);
+        let cell = |s: Option<Summary>| s.map_or("—".to_string(), |s| s.cell(2));
+        let mut out = String::from(
+            "| γ | spec TPOT (ms) | spec throughput (tokens/s) | α | tokens / verify | mean γ | \
+             speedup (target / spec TPOT) | TPOT vs best fixed γ |\n|---|---|---|---|---|---|---|---|\n",
+        );
+        for p in &self.sweep {
+            let s = &p.spec;
+            let versus = match (s.tpot_ms, best) {
+                (Some(t), Some(b)) if b > 0.0 => format!("{:+.1}%", 100.0 * (t.median / b - 1.0)),
+                _ => "—".to_string(),
+            };
+            out += &format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {versus} |\n",
+                p.label(),
+                cell(s.tpot_ms),
+                cell(s.throughput_tok_s),
+                fmt_opt(s.acceptance_rate, 3),
+                fmt_opt(s.mean_accepted_length, 3),
+                fmt_opt(mean_gamma(&s.gamma_histogram), 2),
+                p.speedup_tpot
+                    .map_or("—".to_string(), |v| format!("{v:.3}×")),
+            );
+        }
         out
     }
 }
@@ -263,8 +361,13 @@ mod tests {
             ("cpu_threads", json!(0)),
             ("device", json!("cpu")),
             ("new_tokens", json!(null)),
+            ("gamma_auto", json!(false)),
+            ("sweep", json!([])),
         ] {
             want[k] = v;
+        }
+        for m in want["modes"].as_array_mut().unwrap() {
+            m["gamma_histogram"] = json!([]);
         }
         assert_eq!(back, want);
     }
@@ -318,5 +421,50 @@ mod tests {
         ] {
             assert!(md.contains(needle), "`{needle}` missing from:\n{md}");
         }
+    }
+
+    #[test]
+    fn auto_gamma_and_sweeps_get_their_rows() {
+        let mut r: BenchReport = serde_json::from_value(report()).unwrap();
+        assert!(!r.tables("t", "d").contains("auto"));
+        assert_eq!(r.sweep_table(), "");
+        r.gamma_auto = true;
+        r.gamma = 3;
+        r.modes[2].gamma_histogram = vec![0, 1, 2, 1];
+        let md = r.tables("t", "d");
+        for needle in [
+            "| γ chosen per step (auto): verify steps by γ 0..3 | 0, 1, 2, 1 |",
+            "| mean γ (auto) | 2.00 |",
+        ] {
+            assert!(md.contains(needle), "`{needle}` missing from:\n{md}");
+        }
+        let point = |gamma, auto, tpot: f64| SweepPoint {
+            gamma,
+            gamma_auto: auto,
+            speedup_tpot: Some(9.0 / tpot),
+            spec: ModeReport {
+                tpot_ms: Summary::of(&[tpot]),
+                ..r.modes[2].clone()
+            },
+        };
+        r.sweep = vec![
+            point(2, false, 5.0),
+            point(4, false, 4.0),
+            point(16, true, 4.1),
+        ];
+        let md = r.sweep_table();
+        for needle in [
+            "| 2 | 5.00 (5.00–5.00) |",
+            "| +25.0% |",
+            "| 4 | 4.00 (4.00–4.00) |",
+            "| 2.250× | +0.0% |",
+            "| auto (≤ 16) | 4.10 (4.10–4.10) |",
+            "| 0.750 | 2.500 | 2.00 | 2.195× | +2.5% |",
+        ] {
+            assert!(md.contains(needle), "`{needle}` missing from:\n{md}");
+        }
+        assert_eq!(mean_gamma(&[]), None);
+        let back: BenchReport = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
     }
 }

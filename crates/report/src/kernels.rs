@@ -30,6 +30,36 @@ impl Timed {
     }
 }
 
+/// One read pattern of the bandwidth probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSetting {
+    /// Independent sequential streams per thread, read one 64-byte line each in turn.
+    pub streams: usize,
+    /// Software prefetch distance in bytes (0: none).
+    pub prefetch_bytes: usize,
+}
+
+/// One setting the probe tried, with its median.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeTried {
+    pub setting: ProbeSetting,
+    pub median_gb_s: f64,
+}
+
+/// How the read bandwidth (the floor's denominator) was measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeDetails {
+    /// The setting with the best median: `read_bandwidth_gb_s` is its passes.
+    pub setting: ProbeSetting,
+    /// The kernel's transparent-huge-page mode (`always` / `madvise` / `never`); the buffer
+    /// is advised for huge pages.
+    pub transparent_huge_pages: Option<String>,
+    pub buffer_bytes: usize,
+    /// Timed passes per setting.
+    pub passes: usize,
+    pub tried: Vec<ProbeTried>,
+}
+
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KernelReport {
@@ -39,17 +69,22 @@ pub struct KernelReport {
     pub isa: String,
     /// Threads the kernels ran on.
     pub threads: usize,
+    /// Read bandwidth of the probe's best setting (see `probe`).
     pub read_bandwidth_gb_s: Summary,
+    pub probe: ProbeDetails,
     pub bytes_per_token: usize,
     /// bytes_per_token / median bandwidth, in ms.
     pub floor_ms: f64,
+    /// How the decode and verify steps were timed (consecutive steps over a growing cache,
+    /// the probe outside the timed stretch).
+    pub step_timing: String,
     pub ops: Vec<Timed>,
     pub decode: Timed,
     pub verify5: Timed,
     pub prefill128: Timed,
-    /// Median over rounds of decode / floor (floor from the same round's probe).
+    /// Median decode step / floor.
     pub decode_vs_floor: f64,
-    /// Median over rounds of verify(5) / decode.
+    /// Median verify(5) step / median decode step.
     pub verify5_vs_decode: f64,
     pub prefill_tok_s: f64,
     pub decode_tok_s: f64,

@@ -58,4 +58,4 @@ pub mod write;
 pub use device::Device;
 pub use machine::{Gpu, Machine};
 pub use summary::{fmt_opt, format_bytes, Summary};
-pub use write::{check_writable, write_atomic};
+pub use write::{check_writable, write_atomic, write_atomic_with};

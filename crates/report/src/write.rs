@@ -13,6 +13,18 @@ use anyhow::{bail, Context, Result};
 ///
 /// A `path` that is a folder, or that has no file name, is refused before anything is made.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |tmp| {
+        let mut file = fs::File::create(tmp)?;
+        file.write_all(bytes)?;
+        Ok(())
+    })
+}
+
+/// [`write_atomic`] for a file too large to hold in memory: `write` creates and fills the
+/// temporary file at the path it is given (streaming as it likes); then it is flushed to
+/// disk and renamed over `path`. On any failure the temporary file is removed and `path` is
+/// left as it was.
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let name = file_name(path)?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(dir) = dir {
@@ -22,15 +34,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp_name.push(name);
     tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
-    let result = (|| -> std::io::Result<()> {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
+    let result = write(&tmp).and_then(|()| {
+        fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| fs::rename(&tmp, path))
+            .map_err(anyhow::Error::from)
+    });
     if let Err(err) = result {
         let _ = fs::remove_file(&tmp);
-        return Err(err).with_context(|| format!("cannot write {}", path.display()));
+        return Err(err.context(format!("cannot write {}", path.display())));
     }
     // Best effort: make the rename itself durable (not every platform opens folders).
     if let Some(dir) = dir {

@@ -6,11 +6,14 @@
 //!   rejection-sampling math of speculative decoding.
 //! - [`Rng`], [`derive_seed`], [`sample_categorical`]: a portable, seeded random stream and
 //!   inverse-CDF sampling.
+//! - [`philox`]: Philox4x32-10, the counter-based generator the device sampler uses (keyed by
+//!   the seed, counter = position, stream, index), and its 24-bit uniforms.
 //!
 //! Every function on a user path returns `Result<_, SamplingError>`; nothing panics on bad input.
 
 mod error;
 mod params;
+pub mod philox;
 mod process;
 mod rejection;
 mod rng;

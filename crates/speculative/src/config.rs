@@ -14,7 +14,8 @@ pub const EOS_TOKEN: u32 = 0;
 pub struct GenConfig {
     /// Stop after this many new tokens (0 returns at once without calling the models).
     pub max_new_tokens: usize,
-    /// Draft tokens per verify step (speculative only; must be >= 1 there).
+    /// Draft tokens per verify step (speculative only; must be >= 1 there). A run given a
+    /// [`crate::GammaChoice`] (`generate_speculative_with_gamma`) uses that instead.
     pub gamma: usize,
     /// Greedy or random sampling; draft and target use the same processing.
     pub sampler: Sampler,

@@ -4,13 +4,16 @@
 //!   appends, `truncate` rolls back); the models of `spedec-neox` implement it.
 //! - [`generate_autoregressive`]: the baseline, one target call per token.
 //! - [`generate_speculative`]: γ draft tokens from the draft model, one target call to verify
-//!   them, lossless rejection sampling (Leviathan et al. 2023; Chen et al. 2023).
+//!   them, lossless rejection sampling (Leviathan et al. 2023; Chen et al. 2023);
+//!   [`generate_speculative_with_gamma`] with [`GammaChoice::Auto`] picks γ per step from the
+//!   measured acceptance and costs ([`GammaPolicy`]).
 //! - [`GenConfig`] in, [`Generation`] (tokens, [`StopReason`], [`Stats`]) out.
 //! - [`token_nll`] / [`NllTotals`]: target, draft and "speculative" perplexity of scored text.
 
 mod autoregressive;
 mod config;
 mod decide;
+mod gamma;
 mod ppl;
 mod run;
 mod speculative;
@@ -19,8 +22,12 @@ mod verify;
 
 pub use autoregressive::generate_autoregressive;
 pub use config::{GenConfig, Generation, StopReason, EOS_TOKEN};
+pub use gamma::{
+    best_gamma, expected_tokens, AutoGamma, GammaChoice, GammaPolicy, StepObservation,
+    MAX_AUTO_GAMMA,
+};
 pub use ppl::{token_nll, NllTotals, Perplexities, TokenNll};
-pub use speculative::generate_speculative;
+pub use speculative::{generate_speculative, generate_speculative_with_gamma};
 pub use spedec_lm::{Lm, Logits};
 pub use spedec_sampling::{Sampler, SamplingParams};
 pub use stats::{Mode, Stats, Timing};

@@ -16,9 +16,11 @@
 //! and the draft to at most that.
 //!
 //! The first token is drawn from the target's prefill logits (no drafting), so TTFT covers the
-//! prefill of both models. γ is clipped so a step never emits past `max_new_tokens` or past
-//! either model's context; a step with γ = 0 is a plain target decode. Drafting stops early at
-//! EOS when `stop_at_eos` is set (drafts after it could never be emitted).
+//! prefill of both models. Each step's γ is the fixed one or, with [`GammaChoice::Auto`], the
+//! policy's choice from the steps before ([`crate::gamma`]); either is clipped so a step never
+//! emits past `max_new_tokens` or past either model's context; a step with γ = 0 is a plain
+//! target decode. Drafting stops early at EOS when `stop_at_eos` is set (drafts after it could
+//! never be emitted).
 //!
 //! Random stream (random mode; greedy uses none), in order: one draw for the first token; then
 //! per step the γ draft draws, one uniform per examined draft (`u < min(1, p/q)`), and one
@@ -28,11 +30,14 @@
 //! holds a prefix of that, at most two tokens shorter (three after a final γ = 0 step, and more
 //! only when the draft's context was full). Both caches are reset (`truncate(0)`) at the start.
 
+use std::time::Instant;
+
 use anyhow::{bail, ensure, Result};
 use spedec_sampling::Rng;
 
 use crate::config::{GenConfig, Generation, StopReason, EOS_TOKEN};
 use crate::decide::{Decisions, Fault};
+use crate::gamma::{GammaChoice, GammaPolicy, StepObservation};
 use crate::run::{check_prompt, forward, forward_last, truncate};
 use crate::stats::{Bucket, Mode, Recorder};
 use crate::verify::{choose, draw_draft, verify};
@@ -49,11 +54,26 @@ pub fn generate_speculative<T: Lm + ?Sized, D: Lm + ?Sized>(
     prompt: &[u32],
     cfg: &GenConfig,
 ) -> Result<Generation> {
+    generate_speculative_with_gamma(target, draft, prompt, cfg, &GammaChoice::Fixed(cfg.gamma))
+}
+
+/// [`generate_speculative`] with γ chosen by `gamma` (`cfg.gamma` is not used): a fixed γ, or
+/// [`GammaChoice::Auto`], which picks each step's γ from the acceptance and the costs the run
+/// measured so far. Greedy output is the target's greedy output either way; with `Auto` and
+/// random sampling, the sample drawn for a seed depends on those timings.
+pub fn generate_speculative_with_gamma<T: Lm + ?Sized, D: Lm + ?Sized>(
+    target: &mut T,
+    draft: &mut D,
+    prompt: &[u32],
+    cfg: &GenConfig,
+    gamma: &GammaChoice,
+) -> Result<Generation> {
     speculative_with(
         target,
         draft,
         prompt,
         cfg,
+        gamma,
         &mut Rng::new(cfg.seed),
         Fault::None,
     )
@@ -71,18 +91,27 @@ fn emit(seq: &mut Vec<u32>, token: u32, prompt_len: usize, cfg: &GenConfig) -> O
     }
 }
 
-/// [`generate_speculative`] with the random decisions taken from `decisions` and an optional
-/// deliberate [`Fault`] (tests only: exported as `testing::speculative_with` with the feature
-/// `fault-injection`).
+/// [`generate_speculative_with_gamma`] with the random decisions taken from `decisions` and an
+/// optional deliberate [`Fault`] (tests only: exported as `testing::speculative_with` with the
+/// feature `fault-injection`).
 pub fn speculative_with<T: Lm + ?Sized, D: Lm + ?Sized>(
     target: &mut T,
     draft: &mut D,
     prompt: &[u32],
     cfg: &GenConfig,
+    gamma_choice: &GammaChoice,
     decisions: &mut dyn Decisions,
     fault: Fault,
 ) -> Result<Generation> {
-    cfg.validate_speculative()?;
+    cfg.validate()?;
+    let mut policy = match gamma_choice {
+        GammaChoice::Fixed(0) => bail!("gamma (draft tokens per step) must be at least 1"),
+        GammaChoice::Fixed(_) => None,
+        GammaChoice::Auto(auto) => {
+            auto.validate()?;
+            Some(GammaPolicy::new(*auto))
+        }
+    };
     if draft.vocab_size() != target.vocab_size() {
         bail!(
             "the draft model's vocabulary ({}) differs from the target's ({}): their token ids \
@@ -93,7 +122,8 @@ pub fn speculative_with<T: Lm + ?Sized, D: Lm + ?Sized>(
     }
     check_prompt(prompt, target, "target")?;
     check_prompt(prompt, draft, "draft")?;
-    let mut rec = Recorder::new(Mode::Speculative, prompt.len(), cfg.gamma);
+    let mut rec = Recorder::new(Mode::Speculative, prompt.len(), gamma_choice.max());
+    rec.set_gamma_auto(gamma_choice.is_auto());
     if cfg.max_new_tokens == 0 {
         let stats = rec.finish(0);
         return Ok(Generation {
@@ -127,13 +157,18 @@ pub fn speculative_with<T: Lm + ?Sized, D: Lm + ?Sized>(
                 break StopReason::ContextFull;
             }
             let remaining = cfg.max_new_tokens - (n - prompt.len());
-            let gamma = cfg
-                .gamma
+            let wanted = match &policy {
+                Some(p) => p.choose(),
+                None => gamma_choice.max(),
+            };
+            let gamma = wanted
                 .min(remaining - 1)
                 .min(target_ctx - n)
                 .min((draft_ctx + 1).saturating_sub(n));
 
             // Draft γ tokens (the draft first catches up on the tokens it has not seen).
+            let draft_start = Instant::now();
+            let mut draft_calls = 0;
             let mut drafts = Vec::with_capacity(gamma);
             if gamma > 0 {
                 let m = draft.len();
@@ -143,6 +178,7 @@ pub fn speculative_with<T: Lm + ?Sized, D: Lm + ?Sized>(
                 );
                 let pending = seq[m..].to_vec();
                 rec.draft_call();
+                draft_calls += 1;
                 let mut logits =
                     rec.time(Bucket::Draft, || forward_last(draft, &pending, "draft"))?;
                 loop {
@@ -155,9 +191,11 @@ pub fn speculative_with<T: Lm + ?Sized, D: Lm + ?Sized>(
                         break;
                     }
                     rec.draft_call();
+                    draft_calls += 1;
                     logits = rec.time(Bucket::Draft, || forward(draft, &[token], "draft"))?;
                 }
             }
+            let verify_start = Instant::now();
 
             // Verify all drafts with one target call, then roll both caches back.
             let mut fed = Vec::with_capacity(drafts.len() + 1);
@@ -170,11 +208,22 @@ pub fn speculative_with<T: Lm + ?Sized, D: Lm + ?Sized>(
             })?;
             let kept = n + verdict.accepted;
             rec.time(Bucket::Target, || truncate(target, kept, "target"))?;
+            let verify_s = verify_start.elapsed().as_secs_f64();
             if draft.len() > kept {
                 rec.time(Bucket::Draft, || truncate(draft, kept, "draft"))?;
             }
             if !drafts.is_empty() {
                 rec.verify_step(drafts.len(), verdict.accepted);
+                if let Some(p) = &mut policy {
+                    p.observe(&StepObservation {
+                        drafted: drafts.len(),
+                        accepted: verdict.accepted,
+                        draft_calls,
+                        draft_s: (verify_start - draft_start).as_secs_f64(),
+                        verify_rows: fed.len(),
+                        verify_s,
+                    });
+                }
             }
 
             let accepted = drafts[..verdict.accepted].iter().map(|d| d.token);

@@ -6,6 +6,9 @@
 //! - `acceptance_per_position[i]` = (steps whose draft i was accepted) / (steps that drafted i).
 //! - `accepted_length_histogram[j]` = verify steps that accepted exactly j drafts, j in 0..=γ;
 //!   it sums to `verify_steps`.
+//! - `gamma_histogram[g]` = verify steps that drafted exactly g tokens, g in 0..=γ (γ the
+//!   configured one, or the largest `auto` may pick); it sums to `verify_steps`, and
+//!   Σ g·`gamma_histogram[g]` = `drafted`. With a fixed γ only clipped steps fall below γ.
 //!
 //! A *verify step* is a target call that checks at least one draft token. Target calls that only
 //! decode (γ clipped to 0 at the very end of the budget, or when the draft's context is full)
@@ -55,8 +58,11 @@ pub struct Stats {
     pub prompt_tokens: usize,
     /// Tokens generated.
     pub new_tokens: usize,
-    /// Configured draft length γ (0 for autoregressive).
+    /// Configured draft length γ (0 for autoregressive); with `gamma_auto`, the largest γ
+    /// the automatic choice may pick.
     pub gamma: usize,
+    /// Whether γ was chosen per step (`--gamma auto`).
+    pub gamma_auto: bool,
     /// Target forward calls, prefill included.
     pub target_calls: usize,
     /// Draft forward calls, prefill included.
@@ -79,6 +85,8 @@ pub struct Stats {
     pub acceptance_per_position: Vec<Option<f64>>,
     /// Verify steps by number of accepted drafts, index 0..=γ.
     pub accepted_length_histogram: Vec<usize>,
+    /// Verify steps by number of drafted tokens (the γ each step used), index 0..=γ.
+    pub gamma_histogram: Vec<usize>,
     /// Where the time went.
     pub timing: Timing,
 }
@@ -119,6 +127,7 @@ impl Recorder {
                 prompt_tokens,
                 new_tokens: 0,
                 gamma,
+                gamma_auto: false,
                 target_calls: 0,
                 draft_calls: 0,
                 verify_steps: 0,
@@ -130,6 +139,7 @@ impl Recorder {
                 accepted_per_position: vec![0; per_pos],
                 acceptance_per_position: vec![None; per_pos],
                 accepted_length_histogram: vec![0; hist],
+                gamma_histogram: vec![0; hist],
                 timing: Timing {
                     prefill_s: 0.0,
                     draft_s: 0.0,
@@ -150,6 +160,11 @@ impl Recorder {
         let r = f();
         self.times[bucket as usize] += t.elapsed();
         r
+    }
+
+    /// Marks γ as chosen per step.
+    pub(crate) fn set_gamma_auto(&mut self, auto: bool) {
+        self.stats.gamma_auto = auto;
     }
 
     pub(crate) fn target_call(&mut self) {
@@ -180,6 +195,7 @@ impl Recorder {
             s.accepted_per_position[i] += 1;
         }
         s.accepted_length_histogram[accepted] += 1;
+        s.gamma_histogram[drafted] += 1;
     }
 
     /// Fills the derived fields and returns the stats.
@@ -231,6 +247,7 @@ mod tests {
         assert_eq!(s.acceptance_rate, Some(0.5));
         assert_eq!(s.mean_accepted_length, Some(7.0 / 3.0));
         assert_eq!(s.accepted_length_histogram, vec![1, 1, 0, 1]);
+        assert_eq!(s.gamma_histogram, vec![0, 0, 1, 2]);
         assert_eq!(s.drafted_per_position, vec![3, 3, 2]);
         assert_eq!(s.accepted_per_position, vec![2, 1, 1]);
         assert_eq!(
@@ -248,5 +265,6 @@ mod tests {
         assert_eq!(s.timing.ttft_s, None);
         assert_eq!(s.timing.tpot_s, None);
         assert!(s.accepted_length_histogram.is_empty());
+        assert!(s.gamma_histogram.is_empty());
     }
 }

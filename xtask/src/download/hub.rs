@@ -157,6 +157,44 @@ struct Metadata {
     size: Option<u64>,
 }
 
+/// Why [`get`] found no file: the hub answered that the repository has no such file at this
+/// revision (HTTP 404, the repository and revision themselves exist), or the hub could not
+/// be asked (offline, unreachable) and the cache does not have it. Callers that probe for one
+/// of several layouts tell it from other failures with [`missing`].
+#[derive(Debug)]
+pub struct Missing {
+    pub kind: MissingKind,
+    message: String,
+}
+
+/// See [`Missing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingKind {
+    /// The hub says the file does not exist (HTTP 404 `EntryNotFound`).
+    NotFound,
+    /// The hub was not asked or not reached, and the cache does not have the file.
+    NotCached,
+}
+
+impl Missing {
+    fn error(kind: MissingKind, message: String) -> anyhow::Error {
+        anyhow::Error::new(Missing { kind, message })
+    }
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Missing {}
+
+/// Whether `err` (from [`get`]) says the file is missing, and why.
+pub fn missing(err: &anyhow::Error) -> Option<MissingKind> {
+    err.downcast_ref::<Missing>().map(|m| m.kind)
+}
+
 /// How a file was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -192,10 +230,13 @@ pub fn get(http: &Http, hub: &Hub, file: &HubFile) -> Result<Got> {
         }
     }
     if hub.offline {
-        return from_cache(&folder, file, Source::CachedOffline)?.with_context(|| {
-            format!(
-                "{what}: HF_HUB_OFFLINE is set and the file is not in the cache {}",
-                hub.cache.display()
+        return from_cache(&folder, file, Source::CachedOffline)?.ok_or_else(|| {
+            Missing::error(
+                MissingKind::NotCached,
+                format!(
+                    "{what}: HF_HUB_OFFLINE is set and the file is not in the cache {}",
+                    hub.cache.display()
+                ),
             )
         });
     }
@@ -210,7 +251,7 @@ pub fn get(http: &Http, hub: &Hub, file: &HubFile) -> Result<Got> {
                     eprintln!("warning: {err:#}; using the cached copy of {what}");
                     Ok(got)
                 }
-                None => Err(err),
+                None => Err(Missing::error(MissingKind::NotCached, format!("{err:#}"))),
             };
         }
         Err(HeadError::Other(err)) => return Err(err),
@@ -382,7 +423,15 @@ fn head(http: &Http, hub: &Hub, file: &HubFile, url: &str) -> Result<Metadata, H
                 site: HUB,
                 had_token: hub.token.is_some(),
             };
-            return Err(HeadError::Other(http::status_error(status, h, &cx)));
+            let err = http::status_error(status, h, &cx);
+            let code = http::header(h, "x-error-code").unwrap_or("");
+            let entry_missing =
+                status == 404 && !matches!(code, "RepoNotFound" | "RevisionNotFound" | "GatedRepo");
+            return Err(HeadError::Other(if entry_missing {
+                Missing::error(MissingKind::NotFound, err.to_string())
+            } else {
+                err
+            }));
         }
         // 2xx, or a redirect to the CDN: the metadata is on this response.
         let missing = |name: &str| {

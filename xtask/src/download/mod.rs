@@ -2,6 +2,7 @@
 //! the standard HF cache, linked into `data/models/`) and the evaluation
 //! texts (WikiText-2 raw test split, PG-19 test books) into `data/datasets/`.
 
+mod convert;
 mod fetch;
 mod files;
 mod http;
@@ -9,8 +10,11 @@ mod hub;
 mod names;
 mod pg19;
 mod progress;
+mod weights;
 mod wikitext;
 
+#[cfg(test)]
+mod layout_tests;
 #[cfg(test)]
 mod tests;
 
@@ -22,9 +26,6 @@ use clap::ValueEnum;
 
 use http::Http;
 use hub::{Hub, HubFile, RepoKind, Source};
-
-/// Files a run needs from each model repository.
-pub const MODEL_FILES: &[&str] = &["config.json", "model.safetensors", "tokenizer.json"];
 
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = AFTER_HELP)]
@@ -80,8 +81,18 @@ pub struct Args {
 
 const AFTER_HELP: &str = "\
 Models are stored in the Hugging Face cache and shared with other HF tools; <DEST>/models/<name>
-(or <name>@<revision>) gets links to config.json, model.safetensors and tokenizer.json, so that
+(or <name>@<revision>) gets links to config.json, tokenizer.json and the weights, so that
 `spedec --model data/models/pythia-70m` works.
+
+Weight layouts, tried in this order (a 404 moves on to the next; the one found is printed):
+  model.safetensors             linked
+  model.safetensors.index.json  sharded: the index is checked, every shard it lists is
+                                fetched and sha256-checked, index and shards are linked
+  pytorch_model.bin             converted once (nothing in it is executed) to a real
+                                model.safetensors in the model folder
+  pytorch_model.bin.index.json  sharded .bin: each shard converted once to
+                                model-0000k-of-0000n.safetensors, plus their index
+A later run finds the converted files (.spedec-converted-from) and does not convert again.
 
 Environment:
   HF_ENDPOINT     hub URL (default https://huggingface.co)
@@ -220,56 +231,102 @@ pub fn committed_wikitext() -> Result<Option<PathBuf>> {
     wikitext::committed_copy(&wikitext::SPEC)
 }
 
-/// Fetches one model's files into the HF cache and links them into
-/// `<dest>/models/<name>[@<revision>]/`.
+/// Fetches one model's files into the HF cache (the weights in whichever layout the revision
+/// has, see [`weights`]) and, once all are there, links them into
+/// `<dest>/models/<name>[@<revision>]/`, converting PyTorch weights there once.
 fn download_model(plan: &Plan, model: &str) -> Result<PathBuf> {
     let repo = format!("{}/{model}", names::ORG);
+    let what = format!("{repo}@{}", plan.revision);
     let dir = plan
         .dest
         .join("models")
         .join(names::model_dir_name(model, &plan.revision));
     let hint = format!(
-        "valid models: {}; valid revisions: {} (older checkpoints may lack model.safetensors)",
+        "valid models: {}; valid revisions: {}",
         names::model_list(),
         names::REVISION_FORM
     );
-    for filename in MODEL_FILES {
+    let get = |filename: &str, not_found_hint: &str| -> Result<hub::Got> {
         let file = HubFile {
             kind: RepoKind::Model,
             repo: &repo,
             revision: &plan.revision,
             filename,
             pinned_sha256: None,
-            not_found_hint: &hint,
+            not_found_hint,
         };
         let got = hub::get(&plan.http, &plan.hub, &file)?;
-        let how = match got.source {
-            Source::Downloaded { resumed_from: 0 } => "downloaded".to_string(),
-            Source::Downloaded { resumed_from } => {
-                format!("resumed at {}", spedec_report::format_bytes(resumed_from))
+        report_file(&what, filename, &got);
+        Ok(got)
+    };
+    let config = get("config.json", &hint)?;
+    let found = weights::fetch(&|f| get(f, ""), &what, &hint)?;
+    eprintln!("{}", found.summary);
+    let tokenizer = get("tokenizer.json", &hint)?;
+
+    // Everything is in the cache: only now does the model folder change.
+    if let Some(job) = &found.convert {
+        let how = match convert::ensure(job, &found.source, &dir)? {
+            convert::Outcome::Converted { tensors, seconds } => {
+                format!("converted {tensors} tensors in {seconds:.1} s (nothing executed)")
             }
-            Source::Cached => "cached".to_string(),
-            Source::CachedOffline => "cached, hub not asked".to_string(),
+            convert::Outcome::AlreadyDone => {
+                "already converted from the same files; not converting again".to_string()
+            }
         };
-        // Cached blobs are trusted, as the other HF tools do.
-        let verified = got.sha256.is_some() && matches!(got.source, Source::Downloaded { .. });
-        let check = if verified { ", sha256 ok" } else { "" };
         eprintln!(
-            "{repo}@{} ({}): {filename} {} ({how}{check})",
-            plan.revision,
-            &got.commit[..got.commit.len().min(10)],
-            spedec_report::format_bytes(got.size)
+            "{what}: {} in {}: {how}",
+            convert::outputs(job).join(", "),
+            dir.display()
         );
-        let target = absolute(&got.path)?;
-        let link = dir.join(filename);
-        if files::link_or_copy(&target, &link)? {
+    }
+    if found.layout == weights::Layout::Sharded {
+        convert::clear_single(&dir)?;
+    }
+    let mut links = vec![
+        ("config.json".to_string(), config.path),
+        ("tokenizer.json".to_string(), tokenizer.path),
+    ];
+    links.extend(found.links);
+    for (name, target) in links {
+        let target = absolute(&target)?;
+        if files::link_or_copy(&target, &dir.join(&name))? {
             eprintln!(
-                "note: symlinks are not available; copied {filename} into {}",
+                "note: symlinks are not available; copied {name} into {}",
                 dir.display()
             );
         }
     }
     Ok(dir)
+}
+
+/// One line on stderr for a file [`hub::get`] made present.
+fn report_file(what: &str, filename: &str, got: &hub::Got) {
+    let how = match got.source {
+        Source::Downloaded { resumed_from: 0 } => "downloaded".to_string(),
+        Source::Downloaded { resumed_from } => {
+            format!("resumed at {}", spedec_report::format_bytes(resumed_from))
+        }
+        Source::Cached => "cached".to_string(),
+        Source::CachedOffline => "cached, hub not asked".to_string(),
+    };
+    // Cached blobs are trusted, as the other HF tools do.
+    let verified = got.sha256.is_some() && matches!(got.source, Source::Downloaded { .. });
+    let check = if verified { ", sha256 ok" } else { "" };
+    eprintln!(
+        "{what} ({}): {filename} {} ({how}{check})",
+        &got.commit[..got.commit.len().min(10)],
+        spedec_report::format_bytes(got.size)
+    );
+}
+
+/// Whether `dir` holds what a run loads: config.json, tokenizer.json and safetensors weights
+/// (one `model.safetensors`, or a shard index whose shards the loader then checks).
+pub fn has_model_files(dir: &Path) -> bool {
+    ["config.json", "tokenizer.json"]
+        .iter()
+        .all(|f| dir.join(f).is_file())
+        && (dir.join(weights::SINGLE).is_file() || dir.join(weights::SHARD_INDEX).is_file())
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {

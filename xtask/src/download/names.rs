@@ -48,15 +48,43 @@ pub fn parse_revision(input: &str) -> Result<String> {
     if rev == "main" {
         return Ok(rev.to_string());
     }
-    let step = rev
+    let digits = rev
         .strip_prefix("step")
-        .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-        .filter(|digits| digits.len() == 1 || !digits.starts_with('0'))
-        .and_then(|digits| digits.parse::<u32>().ok());
-    match step {
+        .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()));
+    let canonical = digits.filter(|digits| digits.len() == 1 || !digits.starts_with('0'));
+    match canonical.and_then(|digits| digits.parse::<u32>().ok()) {
         Some(n) if is_checkpoint(n) => Ok(rev.to_string()),
-        _ => bail!("unknown revision `{rev}`; valid revisions: {REVISION_FORM}"),
+        _ => {
+            // A step number, even with leading zeros or beyond the last step, has neighbours.
+            let nearest = match digits.map(|d| d.parse::<u64>().unwrap_or(u64::MAX)) {
+                Some(n) => format!(
+                    "nearest: {}; ",
+                    nearest_checkpoints(n)
+                        .iter()
+                        .map(|s| format!("step{s}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => String::new(),
+            };
+            bail!("unknown revision `{rev}`; {nearest}valid revisions: {REVISION_FORM}")
+        }
     }
+}
+
+/// The published checkpoints nearest to step `n`: `n` itself if it is one, else the one
+/// below and the one above (only one beyond either end).
+pub fn nearest_checkpoints(n: u64) -> Vec<u32> {
+    if let Ok(n32) = u32::try_from(n) {
+        if is_checkpoint(n32) {
+            return vec![n32];
+        }
+    }
+    let below = (0..=LAST_STEP)
+        .rev()
+        .find(|&s| u64::from(s) < n && is_checkpoint(s));
+    let above = (0..=LAST_STEP).find(|&s| u64::from(s) > n && is_checkpoint(s));
+    below.into_iter().chain(above).collect()
 }
 
 /// Whether `step{n}` is one of the published Pythia checkpoints.
@@ -117,6 +145,33 @@ mod tests {
             let err = parse_revision(bad).unwrap_err().to_string();
             assert!(err.contains("step1000 ... step143000"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn an_unknown_step_names_its_nearest_checkpoints() {
+        for (bad, nearest) in [
+            ("step1500", "nearest: step1000, step2000; "),
+            ("step600", "nearest: step512, step1000; "),
+            ("step144000", "nearest: step143000; "),
+            ("step3", "nearest: step2, step4; "),
+            ("step999", "nearest: step512, step1000; "),
+            ("step01", "nearest: step1; "),
+            ("step99999999999999999999999", "nearest: step143000; "),
+        ] {
+            let err = parse_revision(bad).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!("unknown revision `{bad}`; {nearest}valid revisions: {REVISION_FORM}")
+            );
+        }
+        // Not a step number: only the valid form.
+        let err = parse_revision("v0").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("unknown revision `v0`; valid revisions: {REVISION_FORM}")
+        );
+        assert_eq!(nearest_checkpoints(0), [0]);
+        assert_eq!(nearest_checkpoints(142_999), [142_000, 143_000]);
     }
 
     #[test]

@@ -13,13 +13,13 @@ use super::hub::Hub;
 use super::{execute, pg19, wikitext, Plan};
 
 #[path = "../../tests/support/hub_server.rs"]
-mod hub_server;
+pub(super) mod hub_server;
 use hub_server::{Route, Server};
 
-const COMMIT: &str = "4c4fb9bd1c2b7ca2ec7c2e2f3cbe6ae1b1b1b1b1";
-const REPO: &str = "EleutherAI/pythia-70m";
+pub(super) const COMMIT: &str = "4c4fb9bd1c2b7ca2ec7c2e2f3cbe6ae1b1b1b1b1";
+pub(super) const REPO: &str = "EleutherAI/pythia-70m";
 
-fn sha256(bytes: &[u8]) -> String {
+pub(super) fn sha256(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
@@ -27,7 +27,7 @@ fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }
 
-fn fixture(name: &str) -> Vec<u8> {
+pub(super) fn fixture(name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
@@ -47,12 +47,12 @@ fn weights(len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn header(k: &str, v: impl Into<String>) -> (String, String) {
+pub(super) fn header(k: &str, v: impl Into<String>) -> (String, String) {
     (k.to_string(), v.into())
 }
 
 /// A plain (non-LFS) file: 200 with the git etag.
-fn serve_plain(server: &Server, repo: &str, rev: &str, name: &str, body: Vec<u8>) {
+pub(super) fn serve_plain(server: &Server, repo: &str, rev: &str, name: &str, body: Vec<u8>) {
     let etag = format!("\"{}\"", &sha256(&body)[..40]);
     server.route(
         &format!("/{repo}/resolve/{rev}/{name}"),
@@ -66,7 +66,14 @@ fn serve_plain(server: &Server, repo: &str, rev: &str, name: &str, body: Vec<u8>
 /// An LFS file like the hub serves it: the resolve URL redirects to a CDN
 /// URL on another origin; the redirect carries X-Linked-Etag (the sha256) and
 /// X-Linked-Size.
-fn serve_lfs(server: &Server, path: &str, commit: &str, sha: &str, size: usize, cdn: Route) {
+pub(super) fn serve_lfs(
+    server: &Server,
+    path: &str,
+    commit: &str,
+    sha: &str,
+    size: usize,
+    cdn: Route,
+) {
     let cdn_path = format!("/cdn/{sha}");
     server.route(
         path,
@@ -112,7 +119,7 @@ fn serve_model(server: &Server, rev: &str, cdn: impl FnOnce(Vec<u8>) -> Route) -
     Model { weights: w, sha }
 }
 
-fn plan(server_base: &str, dir: &Path) -> Plan {
+pub(super) fn plan(server_base: &str, dir: &Path) -> Plan {
     let hub = Hub {
         endpoint: server_base.to_string(),
         cache: dir.join("hf/hub"),
@@ -133,12 +140,12 @@ fn plan(server_base: &str, dir: &Path) -> Plan {
     }
 }
 
-fn model_cache(dir: &Path) -> PathBuf {
+pub(super) fn model_cache(dir: &Path) -> PathBuf {
     dir.join("hf/hub/models--EleutherAI--pythia-70m")
 }
 
 /// Every path under `dir` (recursively) whose name ends with `.incomplete`.
-fn leftovers(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn leftovers(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -154,7 +161,7 @@ fn leftovers(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-fn err_text(result: anyhow::Result<Vec<String>>) -> String {
+pub(super) fn err_text(result: anyhow::Result<Vec<String>>) -> String {
     format!("{:#}", result.expect_err("the download must fail"))
 }
 

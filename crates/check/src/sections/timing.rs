@@ -26,6 +26,12 @@ use crate::report::{ms, summarize, Outcome, Recorder, Status};
 
 /// Draft tokens per verify step in the timing runs (the seed study's γ).
 const GAMMA: usize = 4;
+/// Rows of the long verify step (γ = 15).
+const VERIFY_LONG: usize = 16;
+/// The longer context of the decode / verify steps.
+const LONG_CONTEXT: usize = 1536;
+/// Prompt lengths of the prefill timings.
+const PREFILLS: [usize; 2] = [128, 2048];
 
 /// Measured copy bandwidth in GB/s (10⁹ bytes/s), counting read + write bytes.
 fn copy_bandwidth(env: &Env, reps: usize) -> Result<(f64, Summary, usize)> {
@@ -84,6 +90,33 @@ fn time_forward(lm: &mut dyn Lm, tokens: &[u32], warmup: usize, reps: usize) -> 
     summarize(&times)
 }
 
+/// Median time of `lm.forward_last(tokens)` (a prefill that unembeds only its last row, as
+/// generation asks for), each run from the same cache length.
+fn time_forward_last(
+    lm: &mut dyn Lm,
+    tokens: &[u32],
+    warmup: usize,
+    reps: usize,
+) -> Result<Summary> {
+    let base = lm.len();
+    let mut times = Vec::with_capacity(reps);
+    for i in 0..warmup + reps {
+        let t0 = Instant::now();
+        let logits = lm.forward_last(tokens)?;
+        let dt = t0.elapsed().as_secs_f64() * 1e3;
+        ensure!(
+            logits.rows() == 1,
+            "forward_last returned {} rows",
+            logits.rows()
+        );
+        lm.truncate(base)?;
+        if i >= warmup {
+            times.push(dt);
+        }
+    }
+    summarize(&times)
+}
+
 /// Leviathan et al.'s speedup ([`leviathan_speedup`]) with the measured step times (a verify
 /// step costs `t_verify`, not one decode step): t_target · E / (γ · t_draft + t_verify).
 fn measured_speedup(alpha: f64, gamma: usize, t_draft: f64, t_target: f64, t_verify: f64) -> f64 {
@@ -97,8 +130,9 @@ struct Timed {
     verify: Summary,
 }
 
-/// Step times of one model: decode (graphs, then direct launches), verify of γ+1 tokens,
-/// prefill of 128 tokens.
+/// Step times of one model: decode (graphs, then direct launches) and verify of γ+1 and 16
+/// tokens at context 32, decode and verify(γ+1) at context 1536, prefill of 128 and 2048
+/// tokens (only the last row unembedded, as generation asks).
 fn model_steps(
     env: &Env,
     rec: &mut Recorder,
@@ -170,16 +204,53 @@ fn model_steps(
             ))
         },
     );
-    rec.check(&format!("{label}: prefill of 128 tokens"), || {
-        m.lm().truncate(0)?;
-        let ids = test_tokens(128, vocab, 22);
-        let s = time_forward(m.lm(), &ids, 1, env.pick(3, 1))?;
-        Ok(Outcome::new(
-            Status::Info,
-            format!("{} ({:.0} tokens/s)", ms(&s), 128.0 / (s.median * 1e-3)),
-            json!({ "ms": to_json(&s), "tokens": 128 }),
-        ))
-    });
+    rec.check(
+        &format!("{label}: verify step ({VERIFY_LONG} tokens, graphs)"),
+        || {
+            let s = time_forward(m.lm(), &prompt[..VERIFY_LONG], 3, reps)?;
+            let (text, f) = floor(&s);
+            Ok(Outcome::new(
+                Status::Info,
+                format!("{}{text}", ms(&s)),
+                json!({ "ms": to_json(&s), "floor": f, "rows": VERIFY_LONG }),
+            ))
+        },
+    );
+    rec.check(
+        &format!(
+            "{label}: decode and verify({}) at context {LONG_CONTEXT}",
+            GAMMA + 1
+        ),
+        || {
+            m.lm().truncate(0)?;
+            let long = test_tokens(LONG_CONTEXT, vocab, 23);
+            m.lm().forward_last(&long)?;
+            let d = time_forward(m.lm(), &[long[7]], 3, reps)?;
+            let v = time_forward(m.lm(), &long[..GAMMA + 1], 3, reps)?;
+            let (text, f) = floor(&d);
+            Ok(Outcome::new(
+                Status::Info,
+                format!("decode {}{text}; verify {}", ms(&d), ms(&v)),
+                json!({ "context": LONG_CONTEXT, "decode_ms": to_json(&d), "floor": f,
+                        "verify_ms": to_json(&v), "verify_rows": GAMMA + 1 }),
+            ))
+        },
+    );
+    for n in PREFILLS {
+        rec.check(
+            &format!("{label}: prefill of {n} tokens (last row's logits)"),
+            || {
+                m.lm().truncate(0)?;
+                let ids = test_tokens(n, vocab, 22);
+                let s = time_forward_last(m.lm(), &ids, 1, env.pick(3, 1))?;
+                Ok(Outcome::new(
+                    Status::Info,
+                    format!("{} ({:.0} tokens/s)", ms(&s), n as f64 / (s.median * 1e-3)),
+                    json!({ "ms": to_json(&s), "tokens": n, "logits_rows": 1 }),
+                ))
+            },
+        );
+    }
     Some(Timed {
         decode: decode?,
         verify: verify?,
@@ -208,7 +279,7 @@ pub(crate) fn timing(env: &Env, rec: &mut Recorder) {
         let mut loaded = None;
         rec.check(&format!("load {spec}"), || {
             let t0 = Instant::now();
-            let (files, m) = env.open(spec, Some(1024))?;
+            let (files, m) = env.open(spec, Some(PREFILLS[1]))?;
             let s = t0.elapsed().as_secs_f64();
             loaded = Some(m);
             Ok(Outcome::new(

@@ -9,35 +9,75 @@
 //! of a step depend only on its row count M: a backend may record them once per M (a CUDA
 //! graph) and replay them for every later step with M rows.
 //!
-//! One step of M rows (`encode`) mirrors `CpuModel::forward`:
+//! Two paths, by row count, mirror `CpuModel::forward`: a **step** (`encode`: M <= 16 rows,
+//! a decode or a verify, recorded as a graph) and a **layer-major prefill**
+//! (`encode_prefill`: more rows, a prompt, in chunks of P <= [`PREFILL_ROWS`] rows, direct
+//! launches):
 //!
-//! | CPU model                                  | kernels                                           |
-//! | ------------------------------------------ | ------------------------------------------------- |
-//! | `x = embed_in[ids]`                        | `embedding_f16` → x f32                           |
-//! | `h = ln1(x)` (and `ln2(x)` when parallel)  | `add_layernorm_f16` (both LNs of one x in a pass) |
-//! | `qkv = h·Wqkvᵀ + b`                        | `linear_f16` → f16                                |
-//! | rotary on q, k; k, v into the cache        | `rotary_kv_f16`                                   |
-//! | causal attention                           | `attn_partial_f16` + `attn_combine_f16`           |
-//! | `x += attn·Wdᵀ + b`                        | `linear_f16` with the f32 `+=` epilogue           |
-//! | sequential only: `h = ln2(x)`              | `add_layernorm_f16`                               |
-//! | `x += gelu(h·W1ᵀ + b1)·W2ᵀ + b2`           | `linear_f16` (+GELU) → f16, then `+=` into x      |
-//! | `logits = ln_f(x)·W_outᵀ`                  | `add_layernorm_f16`, `linear_f16` → f32           |
+//! | CPU model                                  | kernels (step, M rows)                            | layer-major prefill (P rows)                        |
+//! | ------------------------------------------ | ------------------------------------------------- | --------------------------------------------------- |
+//! | `x = embed_in[ids]`                        | `embedding_f16` → x f32                           | the same, P rows                                    |
+//! | `h = ln1(x)` (and `ln2(x)` when parallel)  | `add_layernorm_f16` (both LNs of one x in a pass) | the same, P rows                                    |
+//! | `qkv = h·Wqkvᵀ + b`                        | `linear_f16` → f16                                | one linear of M = P (SIMT: 16-row slices)           |
+//! | rotary on q, k; k, v into the cache        | `rotary_kv_f16`                                   | the same, P rows: the layer's K/V of the whole chunk |
+//! | causal attention                           | `attn_partial_f16` + `attn_combine_f16`           | the same, per 16 queries (`attention_rows`)         |
+//! | `x += attn·Wdᵀ + b`                        | `linear_f16` with the f32 `+=` epilogue           | one linear of M = P                                 |
+//! | sequential only: `h = ln2(x)`              | `add_layernorm_f16`                               | the same, P rows                                    |
+//! | `x += gelu(h·W1ᵀ + b1)·W2ᵀ + b2`           | `linear_f16` (+GELU) → f16, then `+=` into x      | two linears of M = P                                |
+//! | `logits = ln_f(x)·W_outᵀ`                  | `add_layernorm_f16`, `linear_f16` → f32           | LN of P rows; `embed_out` only for the rows asked, 16 at a time (`forward_last`: one) |
+//!
+//! "linear" is the backend's chosen kernel ([`LinearKernel`]): `linear_f16` (SIMT, M <= 16
+//! per launch, the default) or `linear_tc*_f16` (tensor cores, any M in one call; its
+//! launcher cuts rows into chunks its split-K scratch holds).
 //!
 //! Parallel residual: both LayerNorms read x before either branch is added, then the
 //! attention and MLP outputs are added to x in turn (f32), which is
 //! `x + attn(ln1(x)) + mlp(ln2(x))`. Sequential: the attention output is added before `ln2`.
+//!
+//! **The layer-major prefill.** A step walks every layer for its ≤ 16 rows, so a prompt run
+//! as steps reads all weights once per 16 tokens (8 times for 128 tokens). The prefill runs
+//! each layer over all P rows of a chunk before the next layer: every weight matrix is read
+//! once per chunk, and with the tensor-core kernel each linear is one GEMM with M = P. Its
+//! rotary launch writes the chunk's K and V of the layer into the cache for all P positions
+//! first, so every query's keys (earlier chunks' and its own chunk's, up to its position)
+//! are in the cache when the attention runs in query chunks of 16 (`attention_rows`; the
+//! kernel's limit). Longer prompts run as chunks in order; a chunk's attention reads the
+//! K/V earlier chunks left in every layer. The chunk scratch ([`PREFILL_ROWS`] rows, capped
+//! by the cache capacity) is allocated on the first long prompt, never inside a recorded
+//! step.
+//!
+//! **Why it is bit-identical to decoding token by token.** Every kernel computes a row (or a
+//! (row, head) pair) in an order that depends on neither the number of rows M launched
+//! together nor the row's place among them: embedding, LayerNorm and rotary have one block
+//! per row (per row and head) with a fixed in-block reduction; the SIMT linear sums each
+//! output in a fixed k order for any M <= 16 (the prefill slices its rows by 16, so any
+//! slicing gives the same bits); the tensor-core linear's K split depends on (N, K) only and
+//! both its tile shapes reduce in the same order (`spedec_cuda::linear_tc`); the attention
+//! splits keys in fixed blocks of 128 positions set by the cache capacity, not by the
+//! queries, and a query reads only keys 0..=pos, so whether later positions were already
+//! written (prefill) or not (decode) does not show. Hence a position's logits are the same
+//! bits whether it ran alone, in a 16-row step, or in a layer-major chunk — for either
+//! linear kernel (the two kernels differ from each other).
+//! `crates/check/tests/prefill_emulation.rs` checks this on the host emulation.
 
 use anyhow::{bail, ensure, Context, Result};
 use half::f16;
 use rayon::prelude::*;
 use spedec_cuda::kernels::consts::ATT_MAX_HD;
-use spedec_cuda::{AttnShape, KernelBackend, LinDest};
+use spedec_cuda::{AttnShape, KernelBackend, LinDest, LinearKernel};
 use spedec_lm::{KvCursor, Logits};
 
 use crate::config::Config;
 use crate::weights::{Dtype, Matrix, Weights};
 
 pub use spedec_cuda::MAX_ROWS;
+
+/// Rows per layer-major prefill chunk by default: prompts longer than this run as several
+/// chunks in order. 1,024 rows keep the chunk scratch at ~68 MB for Pythia-2.8b (d = 2560,
+/// I = 10240: 4d + 2·(7d + I) + 8 bytes a row) while a 2,048-token prompt reads the weights
+/// twice; the tensor-core linear's own scratch chunks rows further where its split-K
+/// partials need it.
+pub const PREFILL_ROWS: usize = 1024;
 
 /// The model dimensions a step needs.
 #[derive(Debug, Clone, Copy)]
@@ -112,6 +152,58 @@ struct Scratch<B: KernelBackend> {
     logits: B::Buf<f32>,
 }
 
+/// Activations of one layer-major prefill chunk of up to `rows` rows (allocated on the first
+/// prompt longer than [`MAX_ROWS`], outside any recorded step).
+struct PrefillScratch<B: KernelBackend> {
+    /// Rows this scratch holds: min(prefill rows, cache capacity).
+    rows: usize,
+    /// u32 `[rows]` token ids of the chunk
+    ids: B::Buf<u32>,
+    /// i32 `[rows]` absolute positions of the chunk
+    pos: B::Buf<i32>,
+    /// f32 `[rows, d]` residual stream
+    x: B::Buf<f32>,
+    /// f16 `[rows, d]` ln1 output (and the final LayerNorm's)
+    h1: B::Buf<f16>,
+    /// f16 `[rows, d]` ln2 output
+    h2: B::Buf<f16>,
+    /// f16 `[rows, H, 3, hd]` fused QKV projection
+    qkv: B::Buf<f16>,
+    /// f16 `[rows, H, hd]` rotated queries
+    q: B::Buf<f16>,
+    /// f16 `[rows, d]` attention output (heads concatenated)
+    attn: B::Buf<f16>,
+    /// f16 `[rows, I]` GELU(h2·W1ᵀ + b1)
+    mid: B::Buf<f16>,
+}
+
+impl<B: KernelBackend> PrefillScratch<B> {
+    fn new(b: &mut B, dims: &Dims, rows: usize) -> Result<Self> {
+        let (d, r) = (dims.hidden, rows);
+        let bytes = r * (8 + 4 * d + 2 * (7 * d + dims.intermediate));
+        let what = || {
+            format!(
+                "allocating the prefill scratch ({rows} rows, {})",
+                spedec_report::format_bytes(bytes as u64)
+            )
+        };
+        Ok(PrefillScratch {
+            rows,
+            ids: b.upload(&vec![0u32; r]).with_context(what)?,
+            pos: b.upload(&vec![0i32; r]).with_context(what)?,
+            x: b.upload(&vec![0f32; r * d]).with_context(what)?,
+            h1: b.upload(&vec![f16::ZERO; r * d]).with_context(what)?,
+            h2: b.upload(&vec![f16::ZERO; r * d]).with_context(what)?,
+            qkv: b.upload(&vec![f16::ZERO; r * 3 * d]).with_context(what)?,
+            q: b.upload(&vec![f16::ZERO; r * d]).with_context(what)?,
+            attn: b.upload(&vec![f16::ZERO; r * d]).with_context(what)?,
+            mid: b
+                .upload(&vec![f16::ZERO; r * dims.intermediate])
+                .with_context(what)?,
+        })
+    }
+}
+
 /// A GPT-NeoX model resident on a backend: f16 weights, f16 KV cache, scratch, and the
 /// number of cached positions.
 pub struct Engine<B: KernelBackend> {
@@ -122,6 +214,12 @@ pub struct Engine<B: KernelBackend> {
     params: Params<B>,
     kv: Vec<LayerKv<B>>,
     scratch: Scratch<B>,
+    /// Rows per layer-major prefill chunk ([`PREFILL_ROWS`] unless set).
+    prefill_rows: usize,
+    /// The prefill chunk's activations, once a long prompt came.
+    prefill: Option<PrefillScratch<B>>,
+    /// Layer-major chunks run so far.
+    prefill_chunks: u64,
     /// Cached length and capacity.
     cursor: KvCursor,
     /// Bytes of f16 matrices one decode step reads (all but `embed_in`).
@@ -381,9 +479,47 @@ impl<B: KernelBackend> Engine<B> {
             params,
             kv,
             scratch,
+            prefill_rows: PREFILL_ROWS,
+            prefill: None,
+            prefill_chunks: 0,
             cursor,
             bytes_per_token: f16_bytes_per_token(config),
         })
+    }
+
+    /// Rows per layer-major prefill chunk.
+    pub fn prefill_rows(&self) -> usize {
+        self.prefill_rows
+    }
+
+    /// Set the rows per layer-major prefill chunk (at least 1; default [`PREFILL_ROWS`]):
+    /// longer prompts run as several chunks. The chunk scratch is reallocated on the next
+    /// long prompt. Results do not depend on it (bit for bit); tests use small values to
+    /// cross chunk boundaries on tiny models.
+    pub fn set_prefill_rows(&mut self, rows: usize) -> Result<()> {
+        ensure!(rows >= 1, "prefill chunks need at least one row");
+        if rows != self.prefill_rows {
+            self.prefill = None;
+            self.prefill_rows = rows;
+        }
+        Ok(())
+    }
+
+    /// Layer-major prefill chunks run so far (one per [`Engine::prefill_rows`] rows of each
+    /// input longer than [`MAX_ROWS`]).
+    pub fn prefill_chunks(&self) -> u64 {
+        self.prefill_chunks
+    }
+
+    /// Choose the linear kernel (see [`KernelBackend::set_linear_kernel`]); recorded steps
+    /// are dropped by the backend.
+    pub fn set_linear_kernel(&mut self, kernel: LinearKernel) -> Result<()> {
+        self.backend.set_linear_kernel(kernel)
+    }
+
+    /// The linear kernel in use.
+    pub fn linear_kernel(&self) -> LinearKernel {
+        self.backend.linear_kernel()
     }
 
     /// The model's hyper-parameters.
@@ -427,12 +563,38 @@ impl<B: KernelBackend> Engine<B> {
     }
 
     /// Appends `tokens` after the cached ones; returns logits `[tokens.len(), vocab]` (f32).
-    /// Runs in steps of at most [`MAX_ROWS`] rows.
+    /// Up to [`MAX_ROWS`] tokens run as one step (a recorded graph); more run layer-major
+    /// ([`Engine::prefill_rows`] rows per chunk). Bit-identical either way.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Logits> {
+        self.forward_rows(tokens, false)
+    }
+
+    /// Appends `tokens` like [`Engine::forward`] but returns only the last position's logits
+    /// `[1, vocab]` (the same bits as the last row of `forward`): a long prompt's prefill
+    /// computes `embed_out` for that one row only.
+    pub fn forward_last(&mut self, tokens: &[u32]) -> Result<Logits> {
+        self.forward_rows(tokens, true)
+    }
+
+    fn forward_rows(&mut self, tokens: &[u32], last_only: bool) -> Result<Logits> {
         let n = tokens.len();
         let vocab = self.dims.vocab;
         let start = self.cursor.check_append(tokens, vocab)?;
-        let mut out = vec![0f32; n * vocab];
+        let out = if n > MAX_ROWS {
+            self.prefill(tokens, start, last_only)?
+        } else {
+            self.step(tokens, start, last_only)?
+        };
+        self.cursor.advance(n);
+        let rows = if last_only { 1 } else { n };
+        Ok(Logits::new(out, rows, vocab))
+    }
+
+    /// One step of `tokens.len()` <= [`MAX_ROWS`] rows at positions `start..`: logits of
+    /// every row, or of the last only.
+    fn step(&mut self, tokens: &[u32], start: usize, last_only: bool) -> Result<Vec<f32>> {
+        let m = tokens.len();
+        let vocab = self.dims.vocab;
         let Engine {
             backend,
             dims,
@@ -442,24 +604,85 @@ impl<B: KernelBackend> Engine<B> {
             scratch,
             ..
         } = self;
-        for (c, (chunk, dst)) in tokens
-            .chunks(MAX_ROWS)
-            .zip(out.chunks_mut(MAX_ROWS * vocab))
-            .enumerate()
-        {
-            let m = chunk.len();
-            let first = start + c * MAX_ROWS;
-            let mut pos = [0i32; MAX_ROWS];
-            for (i, p) in pos.iter_mut().enumerate().take(m) {
-                *p = (first + i) as i32;
-            }
-            backend.write(chunk, &mut scratch.ids)?;
-            backend.write(&pos[..m], &mut scratch.pos)?;
-            backend.run_step(m, &mut |b| encode(b, dims, shape, params, kv, scratch, m))?;
-            backend.read_into(&scratch.logits, dst)?;
+        let mut pos = [0i32; MAX_ROWS];
+        for (i, p) in pos.iter_mut().enumerate().take(m) {
+            *p = (start + i) as i32;
         }
-        self.cursor.advance(n);
-        Ok(Logits::new(out, n, vocab))
+        backend.write(tokens, &mut scratch.ids)?;
+        backend.write(&pos[..m], &mut scratch.pos)?;
+        backend.run_step(m, &mut |b| encode(b, dims, shape, params, kv, scratch, m))?;
+        let mut out = vec![0f32; m * vocab];
+        backend.read_into(&scratch.logits, &mut out)?;
+        if last_only {
+            out.drain(..(m - 1) * vocab);
+        }
+        Ok(out)
+    }
+
+    /// A long input layer-major, in chunks of [`Engine::prefill_rows`] rows at positions
+    /// `start..`: logits of every row (unembedded [`MAX_ROWS`] rows at a time), or of the
+    /// last only.
+    fn prefill(&mut self, tokens: &[u32], start: usize, last_only: bool) -> Result<Vec<f32>> {
+        let rows = self.prefill_rows.min(self.cursor.capacity()).max(1);
+        if self.prefill.as_ref().is_none_or(|p| p.rows != rows) {
+            self.prefill = None;
+            self.prefill = Some(PrefillScratch::new(&mut self.backend, &self.dims, rows)?);
+        }
+        let Engine {
+            backend,
+            dims,
+            shape,
+            params,
+            kv,
+            scratch,
+            prefill,
+            prefill_chunks,
+            ..
+        } = self;
+        let ps = prefill
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("the prefill scratch was not allocated"))?;
+        let (n, vocab, d) = (tokens.len(), dims.vocab, dims.hidden);
+        let mut out = vec![0f32; if last_only { vocab } else { n * vocab }];
+        let mut filled = 0;
+        let chunks = n.div_ceil(rows);
+        for (c, chunk) in tokens.chunks(rows).enumerate() {
+            let m = chunk.len();
+            let first = start + c * rows;
+            let pos: Vec<i32> = (first..first + m).map(|p| p as i32).collect();
+            backend.write(chunk, &mut ps.ids)?;
+            backend.write(&pos, &mut ps.pos)?;
+            let want = if !last_only {
+                0..m
+            } else if c + 1 == chunks {
+                m - 1..m
+            } else {
+                0..0
+            };
+            encode_prefill(backend, dims, shape, params, kv, ps, m, !want.is_empty())?;
+            *prefill_chunks += 1;
+            // logits = ln_f(x)·W_outᵀ for the rows asked, MAX_ROWS at a time.
+            let mut r0 = want.start;
+            while r0 < want.end {
+                let r = (want.end - r0).min(MAX_ROWS);
+                backend.linear_rows(
+                    &ps.h1,
+                    r0,
+                    &params.embed_out,
+                    None,
+                    LinDest::F32(&mut scratch.logits),
+                    0,
+                    r,
+                    vocab,
+                    d,
+                )?;
+                backend.read_into(&scratch.logits, &mut out[filled..filled + r * vocab])?;
+                filled += r * vocab;
+                r0 += r;
+            }
+        }
+        debug_assert_eq!(filled, out.len());
+        Ok(out)
     }
 }
 
@@ -554,5 +777,101 @@ fn encode<B: KernelBackend>(
         vocab,
         d,
     )?;
+    Ok(())
+}
+
+/// `y = x·Wᵀ + b` over `m` rows: one call with the tensor-core kernel (any M; its launcher
+/// chunks rows as its scratch needs), [`MAX_ROWS`]-row slices with the SIMT one (M <= 16).
+#[allow(clippy::too_many_arguments)]
+fn linear_all<B: KernelBackend>(
+    b: &mut B,
+    x: &B::Buf<f16>,
+    w: &B::Buf<f16>,
+    bias: Option<&B::Buf<f16>>,
+    mut out: LinDest<'_, B>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<()> {
+    if m <= MAX_ROWS || b.linear_kernel() == LinearKernel::TensorCore {
+        return b.linear(x, w, bias, out, m, n, k);
+    }
+    let mut r0 = 0;
+    while r0 < m {
+        let r = (m - r0).min(MAX_ROWS);
+        b.linear_rows(x, r0, w, bias, out.reborrow(), r0, r, n, k)?;
+        r0 += r;
+    }
+    Ok(())
+}
+
+/// Enqueue one layer-major prefill chunk of `m` rows (ids and positions already on the
+/// device): every layer over all `m` rows before the next layer, the chunk's K/V written to
+/// the cache before its attention (in query chunks of [`MAX_ROWS`]), and with `final_ln` the
+/// final LayerNorm of all rows into `h1` (the caller unembeds the rows it wants).
+#[allow(clippy::too_many_arguments)]
+fn encode_prefill<B: KernelBackend>(
+    b: &mut B,
+    dims: &Dims,
+    shape: &AttnShape,
+    w: &Params<B>,
+    kv: &mut [LayerKv<B>],
+    s: &mut PrefillScratch<B>,
+    m: usize,
+    final_ln: bool,
+) -> Result<()> {
+    let Dims {
+        hidden: d,
+        intermediate: inter,
+        vocab,
+        eps,
+        parallel,
+    } = *dims;
+    ensure!(
+        (1..=s.rows).contains(&m),
+        "prefill chunk of {m} rows for a scratch of {}",
+        s.rows
+    );
+    b.embedding(&s.ids, &w.embed_in, &mut s.x, m, vocab, d)?;
+    for (lw, cache) in w.layers.iter().zip(kv.iter_mut()) {
+        let second = parallel.then_some((&lw.ln2_w, &lw.ln2_b, &mut s.h2));
+        b.add_layernorm(
+            &mut s.x, None, None, &lw.ln1_w, &lw.ln1_b, &mut s.h1, second, m, d, eps,
+        )?;
+        let qkv = LinDest::F16(&mut s.qkv);
+        linear_all(b, &s.h1, &lw.qkv_w, Some(&lw.qkv_b), qkv, m, 3 * d, d)?;
+        // All m rows' k, v of this layer land in the cache before any query reads it.
+        b.rotary_kv(
+            &s.qkv,
+            &s.pos,
+            &mut s.q,
+            &mut cache.k,
+            &mut cache.v,
+            m,
+            shape,
+        )?;
+        let mut r0 = 0;
+        while r0 < m {
+            let r = (m - r0).min(MAX_ROWS);
+            b.attention_rows(&s.q, &cache.k, &cache.v, &s.pos, &mut s.attn, r0, r, shape)?;
+            r0 += r;
+        }
+        let dense = LinDest::AddF32(&mut s.x);
+        linear_all(b, &s.attn, &lw.dense_w, Some(&lw.dense_b), dense, m, d, d)?;
+        if !parallel {
+            b.add_layernorm(
+                &mut s.x, None, None, &lw.ln2_w, &lw.ln2_b, &mut s.h2, None, m, d, eps,
+            )?;
+        }
+        let mid = LinDest::F16Gelu(&mut s.mid);
+        linear_all(b, &s.h2, &lw.fc1_w, Some(&lw.fc1_b), mid, m, inter, d)?;
+        let fc2 = LinDest::AddF32(&mut s.x);
+        linear_all(b, &s.mid, &lw.fc2_w, Some(&lw.fc2_b), fc2, m, d, inter)?;
+    }
+    if final_ln {
+        b.add_layernorm(
+            &mut s.x, None, None, &w.final_w, &w.final_b, &mut s.h1, None, m, d, eps,
+        )?;
+    }
     Ok(())
 }

@@ -37,6 +37,9 @@ pub struct HashLm {
     /// `hashes[i]` = hash of `tokens[..=i]`.
     hashes: Vec<u64>,
     log: Option<(Log, &'static str)>,
+    /// Extra hashing rounds per forward call, whatever its row count: a fixed per-call cost,
+    /// like a memory-bound model's (for tests of the automatic γ).
+    call_cost: u64,
 }
 
 fn mix(mut z: u64) -> u64 {
@@ -64,7 +67,13 @@ impl HashLm {
             tokens: vec![],
             hashes: vec![],
             log: None,
+            call_cost: 0,
         }
+    }
+
+    pub fn with_call_cost(mut self, rounds: u64) -> Self {
+        self.call_cost = rounds;
+        self
     }
 
     pub fn with_max_len(mut self, max_len: usize) -> Self {
@@ -129,6 +138,8 @@ impl Lm for HashLm {
                 fed: tokens.to_vec(),
             });
         }
+        let burn = (0..self.call_cost).fold(tokens.len() as u64, |h, i| mix(h ^ i));
+        std::hint::black_box(burn);
         let mut data = Vec::with_capacity(tokens.len() * self.vocab);
         for &t in tokens {
             let h = extend_hash(self.hashes.last().copied().unwrap_or(0), t);

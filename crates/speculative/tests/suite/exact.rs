@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use spedec_speculative::testing::{autoregressive_with, speculative_with, Fault};
-use spedec_speculative::{GenConfig, Sampler};
+use spedec_speculative::{GammaChoice, GenConfig, Sampler};
 
 use crate::common::{enumerate_outputs, exact_joint, models, random, total_variation, HashLm};
 
@@ -37,7 +37,8 @@ fn spec_distribution(
 ) -> (HashMap<Vec<u32>, f64>, usize) {
     let (mut t, mut d) = (target.clone(), draft.clone());
     enumerate_outputs(|dec| {
-        speculative_with(&mut t, &mut d, prompt, cfg, dec, fault)
+        let gamma = GammaChoice::Fixed(cfg.gamma);
+        speculative_with(&mut t, &mut d, prompt, cfg, &gamma, dec, fault)
             .unwrap()
             .tokens
     })

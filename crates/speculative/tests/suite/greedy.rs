@@ -1,7 +1,8 @@
 //! Greedy speculative output is token-for-token the target's greedy output.
 
 use spedec_speculative::{
-    generate_autoregressive, generate_speculative, GenConfig, Lm, Sampler, StopReason,
+    generate_autoregressive, generate_speculative, generate_speculative_with_gamma, AutoGamma,
+    GammaChoice, GenConfig, Lm, Sampler, StopReason, MAX_AUTO_GAMMA,
 };
 
 use crate::common::{models, prompts, HashLm};
@@ -148,4 +149,92 @@ fn context_limits_clip_gamma_and_stop_like_the_target() {
             }
         }
     }
+}
+
+/// With γ chosen per step (`auto`), greedy output is still the target's greedy output — for
+/// every draft, with EOS stops and context limits — since each γ depends only on the past.
+#[test]
+fn greedy_auto_gamma_matches_target() {
+    let m = models(6, 2.0);
+    let autos = [
+        AutoGamma::default(),
+        AutoGamma {
+            start: 1,
+            alpha_window: 2.0,
+            cost_window: 2.0,
+            ..AutoGamma::default()
+        },
+        AutoGamma {
+            max: 3,
+            start: 3,
+            ..AutoGamma::default()
+        },
+    ];
+    let mut gammas_used = vec![0usize; MAX_AUTO_GAMMA + 1];
+    for (p, prompt) in prompts(20, 6, 9, 7).into_iter().enumerate() {
+        let stop_at_eos = p % 2 == 1;
+        let target_ctx = if p % 3 == 0 { 24 } else { 1 << 20 };
+        let mut target = m.target.clone().with_max_len(target_ctx);
+        let want =
+            generate_autoregressive(&mut target, &prompt, &greedy(40, 1, stop_at_eos)).unwrap();
+        for draft in [&m.same, &m.related, &m.unrelated] {
+            for auto in autos {
+                let mut d = draft.clone();
+                let got = generate_speculative_with_gamma(
+                    &mut target,
+                    &mut d,
+                    &prompt,
+                    &greedy(40, 4, stop_at_eos),
+                    &GammaChoice::Auto(auto),
+                )
+                .unwrap();
+                assert_eq!(got.tokens, want.tokens, "prompt {prompt:?}, {auto:?}");
+                assert_eq!(got.stop_reason, want.stop_reason);
+                let s = &got.stats;
+                assert!(s.gamma_auto);
+                assert_eq!(s.gamma, auto.max);
+                assert_eq!(s.gamma_histogram.len(), auto.max + 1);
+                assert_eq!(s.gamma_histogram.iter().sum::<usize>(), s.verify_steps);
+                let drafted: usize = s
+                    .gamma_histogram
+                    .iter()
+                    .enumerate()
+                    .map(|(g, n)| g * n)
+                    .sum();
+                assert_eq!(drafted, s.drafted);
+                for (g, n) in s.gamma_histogram.iter().enumerate() {
+                    gammas_used[g] += n;
+                }
+            }
+        }
+    }
+    // The choice did move: several γ were used over these runs.
+    let distinct = gammas_used.iter().filter(|&&n| n > 0).count();
+    assert!(distinct >= 3, "γ used: {gammas_used:?}");
+    println!("greedy auto γ: steps by γ {gammas_used:?}");
+}
+
+#[test]
+fn bad_gamma_choices_are_errors() {
+    let mut m = models(5, 2.0);
+    let cfg = greedy(5, 4, false);
+    let err = generate_speculative_with_gamma(
+        &mut m.target,
+        &mut m.same,
+        &[1],
+        &cfg,
+        &GammaChoice::Fixed(0),
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("gamma (draft tokens per step) must be at least 1"));
+    let bad = GammaChoice::Auto(AutoGamma {
+        max: MAX_AUTO_GAMMA + 1,
+        ..AutoGamma::default()
+    });
+    let err =
+        generate_speculative_with_gamma(&mut m.target, &mut m.same, &[1], &cfg, &bad).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("max must be in 1..=16"),
+        "{err:#}"
+    );
 }

@@ -1,22 +1,13 @@
-//! `pytorch_model.bin` read without executing anything: the zip that `torch.save` writes,
-//! and a restricted unpickler for the state dict inside it.
-//!
-//! The zip holds `<archive>/data.pkl` (the pickle) and `<archive>/data/<key>` (each storage's
-//! raw little-endian bytes). The unpickler runs the opcodes `torch.save` emits for a state
-//! dict (protocols 2–4: containers, strings, ints, memo, `BINPERSID` for storages,
-//! `REDUCE` / `BUILD`) and knows exactly these globals: `collections.OrderedDict`,
+//! The restricted unpickler: runs the opcodes `torch.save` emits for a state dict
+//! (protocols 2–4: containers, strings, ints, memo, `BINPERSID` for storages, `REDUCE` /
+//! `BUILD`) and knows exactly these globals: `collections.OrderedDict`,
 //! `torch._utils._rebuild_tensor_v2`, `torch._utils._rebuild_parameter` and the typed storage
 //! classes (`torch.HalfStorage`, …). Any other global (`os.system`, `builtins.eval`, …) or
-//! opcode is refused with an error naming it; nothing is ever called or imported.
-//!
-//! Every size comes from the file and is checked before use: zip members against the file's
-//! length, pickle lengths against the bytes left, storages against `numel · element size`,
-//! and each tensor's extent (offset, shape, strides) against its storage.
+//! opcode is refused with an error naming it; nothing is ever called or imported. The result
+//! is a list of tensor views (storage key, offset, shape, strides), not their bytes.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::Read;
-use std::path::Path;
 use std::rc::Rc;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -25,218 +16,22 @@ use safetensors::Dtype as StDtype;
 /// Most dimensions a tensor may have (PyTorch's own limit).
 const MAX_RANK: usize = 64;
 
-/// Largest `data.pkl` accepted: a state dict's pickle is kilobytes (the tensors live apart).
-const MAX_PICKLE_BYTES: u64 = 64 << 20;
-
-/// One tensor of a state dict, its elements copied out contiguously (row-major).
-#[derive(Debug, Clone, PartialEq)]
-pub struct StateTensor {
-    pub name: String,
-    pub dtype: StDtype,
-    pub shape: Vec<usize>,
-    /// Little-endian elements, `[numel · size]`.
-    pub data: Vec<u8>,
-}
-
-/// The tensors of the state dict in `path` (a `torch.save` zip), in file order.
-pub fn read_state_dict(path: &Path) -> Result<Vec<StateTensor>> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open PyTorch checkpoint {}", path.display()))?;
-    let len = file.metadata()?.len();
-    read_zip(file, len).with_context(|| format!("invalid PyTorch checkpoint {}", path.display()))
-}
-
-/// The tensors of a state dict held in memory (the bytes of a `torch.save` zip).
-pub fn state_dict_from_bytes(bytes: &[u8]) -> Result<Vec<StateTensor>> {
-    read_zip(std::io::Cursor::new(bytes), bytes.len() as u64)
-}
-
-/// Converts the state dict in `bin` to a safetensors file `out` (written under a temporary
-/// name, then renamed); returns the number of tensors.
-pub fn convert_to_safetensors(bin: &Path, out: &Path) -> Result<usize> {
-    let tensors = read_state_dict(bin)?;
-    let views = tensors
-        .iter()
-        .map(|t| {
-            safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
-                .map(|v| (t.name.as_str(), v))
-                .map_err(|e| anyhow::anyhow!("tensor {:?}: {e}", t.name))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::tensor::serialize(views, None)
-        .map_err(|e| anyhow::anyhow!("cannot serialize the converted tensors: {e}"))?;
-    spedec_report::write_atomic(out, &bytes)?;
-    Ok(tensors.len())
-}
-
-/// Reads the whole zip of `len` bytes from `reader`.
-fn read_zip<R: Read + std::io::Seek>(reader: R, len: u64) -> Result<Vec<StateTensor>> {
-    let mut zip = zip::ZipArchive::new(reader)
-        .map_err(|e| anyhow::anyhow!("not a zip archive as torch.save writes ({e})"))?;
-    let pickle_name = zip
-        .file_names()
-        .find(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
-        .map(str::to_string)
-        .context(
-            "no data.pkl in the archive (a legacy pre-1.6 torch.save file, or not a checkpoint)",
-        )?;
-    let prefix = pickle_name.trim_end_matches("data.pkl").to_string();
-    let pickle = read_member(&mut zip, &pickle_name, len, MAX_PICKLE_BYTES)?;
-    let refs = unpickle_state_dict(&pickle).context("in data.pkl")?;
-    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut out = Vec::with_capacity(refs.len());
-    for (name, t) in refs {
-        if !storages.contains_key(&t.storage.key) {
-            let member = format!("{prefix}data/{}", t.storage.key);
-            let bytes = read_member(&mut zip, &member, len, len)
-                .with_context(|| format!("storage of tensor {name:?}"))?;
-            storages.insert(t.storage.key.clone(), bytes);
-        }
-        let storage = &storages[&t.storage.key];
-        let data = gather(&name, &t, storage)?;
-        out.push(StateTensor {
-            name,
-            dtype: t.storage.dtype,
-            shape: t.shape,
-            data,
-        });
-    }
-    Ok(out)
-}
-
-/// The bytes of member `name`, refusing sizes beyond the archive (`len`) or `max`.
-fn read_member<R: Read + std::io::Seek>(
-    zip: &mut zip::ZipArchive<R>,
-    name: &str,
-    len: u64,
-    max: u64,
-) -> Result<Vec<u8>> {
-    let mut member = zip
-        .by_name(name)
-        .map_err(|e| anyhow::anyhow!("member {name}: {e}"))?;
-    let size = member.size();
-    if member.compression() != zip::CompressionMethod::Stored || size > len || size > max {
-        bail!(
-            "member {name}: {size} bytes ({:?}); torch.save stores members uncompressed and \
-             no larger than the archive",
-            member.compression()
-        );
-    }
-    let mut bytes = Vec::new();
-    bytes
-        .try_reserve_exact(size as usize)
-        .with_context(|| format!("member {name}: cannot allocate {size} bytes"))?;
-    (&mut member)
-        .take(size)
-        .read_to_end(&mut bytes)
-        .map_err(|e| anyhow::anyhow!("member {name}: truncated or corrupt ({e})"))?;
-    ensure!(
-        bytes.len() as u64 == size,
-        "member {name}: truncated ({} of {size} bytes)",
-        bytes.len()
-    );
-    Ok(bytes)
-}
-
-/// Copies tensor `t` out of `storage` in row-major order, after checking its extent.
-fn gather(name: &str, t: &TensorRef, storage: &[u8]) -> Result<Vec<u8>> {
-    let size = st_size(t.storage.dtype);
-    ensure!(
-        storage.len() as u64 == t.storage.numel as u64 * size as u64,
-        "tensor {name:?}: storage {} has {} bytes, but {} elements of {:?} need {}",
-        t.storage.key,
-        storage.len(),
-        t.storage.numel,
-        t.storage.dtype,
-        t.storage.numel as u64 * size as u64
-    );
-    ensure!(
-        t.shape.len() == t.stride.len(),
-        "tensor {name:?}: shape {:?} and strides {:?} differ in rank",
-        t.shape,
-        t.stride
-    );
-    let numel = t
-        .shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .with_context(|| format!("tensor {name:?}: shape {:?} overflows", t.shape))?;
-    if numel == 0 {
-        return Ok(Vec::new());
-    }
-    // The largest element index the view reaches must lie inside the storage.
-    let last = t
-        .shape
-        .iter()
-        .zip(&t.stride)
-        .try_fold(t.offset, |a, (&d, &s)| {
-            a.checked_add((d - 1).checked_mul(s)?)
-        });
-    match last {
-        Some(last) if last < t.storage.numel => {}
-        _ => bail!(
-            "tensor {name:?}: offset {} with shape {:?} and strides {:?} reaches past its \
-             storage of {} elements",
-            t.offset,
-            t.shape,
-            t.stride,
-            t.storage.numel
-        ),
-    }
-    let mut out = Vec::with_capacity(numel * size);
-    let contiguous = {
-        let mut expect = 1;
-        let mut ok = true;
-        for (&d, &s) in t.shape.iter().zip(&t.stride).rev() {
-            ok &= d == 1 || s == expect;
-            expect *= d;
-        }
-        ok
-    };
-    if contiguous {
-        out.extend_from_slice(&storage[t.offset * size..(t.offset + numel) * size]);
-        return Ok(out);
-    }
-    let mut index = vec![0usize; t.shape.len()];
-    for _ in 0..numel {
-        let at = t.offset
-            + index
-                .iter()
-                .zip(&t.stride)
-                .map(|(i, s)| i * s)
-                .sum::<usize>();
-        out.extend_from_slice(&storage[at * size..(at + 1) * size]);
-        for k in (0..index.len()).rev() {
-            index[k] += 1;
-            if index[k] < t.shape[k] {
-                break;
-            }
-            index[k] = 0;
-        }
-    }
-    Ok(out)
-}
-
-fn st_size(dtype: StDtype) -> usize {
-    dtype.bitsize().div_ceil(8)
-}
-
 /// A storage named by `BINPERSID`: its element type, zip key and element count.
 #[derive(Debug, Clone, PartialEq)]
-struct StorageRef {
-    dtype: StDtype,
-    key: String,
-    numel: usize,
+pub(crate) struct StorageRef {
+    pub(crate) dtype: StDtype,
+    pub(crate) key: String,
+    pub(crate) numel: usize,
 }
 
 /// A tensor rebuilt by `_rebuild_tensor_v2`: a view of a storage.
 #[derive(Debug, Clone, PartialEq)]
-struct TensorRef {
-    storage: StorageRef,
+pub(crate) struct TensorRef {
+    pub(crate) storage: StorageRef,
     /// In elements.
-    offset: usize,
-    shape: Vec<usize>,
-    stride: Vec<usize>,
+    pub(crate) offset: usize,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) stride: Vec<usize>,
 }
 
 /// The globals a state dict's pickle may name.
@@ -433,10 +228,7 @@ impl<'a> Machine<'a> {
     }
 
     fn set_items(&mut self, items: Vec<Value>) -> Result<()> {
-        ensure!(
-            items.len().is_multiple_of(2),
-            "SETITEMS with an odd number of items"
-        );
+        ensure!(items.len() % 2 == 0, "SETITEMS with an odd number of items");
         let Value::Dict(dict) = self.top()? else {
             bail!("SETITEM(S) on something that is not a dict");
         };
@@ -667,7 +459,7 @@ impl<'a> Machine<'a> {
 }
 
 /// The `{name: tensor}` state dict of a `data.pkl`.
-fn unpickle_state_dict(pickle: &[u8]) -> Result<Vec<(String, TensorRef)>> {
+pub(crate) fn unpickle_state_dict(pickle: &[u8]) -> Result<Vec<(String, TensorRef)>> {
     let mut m = Machine {
         input: pickle,
         at: 0,
@@ -692,6 +484,7 @@ fn unpickle_state_dict(pickle: &[u8]) -> Result<Vec<(String, TensorRef)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::gather;
 
     /// Pickle bytes for `{"w": _rebuild_tensor_v2(storage('0', HalfStorage, numel 6), off,
     /// shape, stride, False, OrderedDict())}` as torch.save (protocol 2) writes them.
@@ -766,6 +559,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("storage 0 has 10 bytes"), "{err}");
+        // A view with more elements than its storage (stride 0, as `expand` makes) is not
+        // materialized: safetensors cannot alias, and its size would come from the file.
+        let err = gather("w", &view(0, &[200, 3], &[0, 1]), &storage)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than its storage's 6"), "{err}");
     }
 
     #[test]
