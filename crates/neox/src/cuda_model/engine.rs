@@ -128,38 +128,15 @@ struct LayerKv<B: KernelBackend> {
     v: B::Buf<f16>,
 }
 
-/// Per-step inputs and activations, sized for [`MAX_ROWS`] rows.
-struct Scratch<B: KernelBackend> {
-    /// u32 `[MAX_ROWS]` token ids of the step
-    ids: B::Buf<u32>,
-    /// i32 `[MAX_ROWS]` absolute positions of the step
-    pos: B::Buf<i32>,
-    /// f32 `[MAX_ROWS, d]` residual stream
-    x: B::Buf<f32>,
-    /// f16 `[MAX_ROWS, d]` ln1 output (and the final LayerNorm's)
-    h1: B::Buf<f16>,
-    /// f16 `[MAX_ROWS, d]` ln2 output
-    h2: B::Buf<f16>,
-    /// f16 `[MAX_ROWS, H, 3, hd]` fused QKV projection
-    qkv: B::Buf<f16>,
-    /// f16 `[MAX_ROWS, H, hd]` rotated queries
-    q: B::Buf<f16>,
-    /// f16 `[MAX_ROWS, d]` attention output (heads concatenated)
-    attn: B::Buf<f16>,
-    /// f16 `[MAX_ROWS, I]` GELU(h2·W1ᵀ + b1)
-    mid: B::Buf<f16>,
-    /// f32 `[MAX_ROWS, V]` logits
-    logits: B::Buf<f32>,
-}
-
-/// Activations of one layer-major prefill chunk of up to `rows` rows (allocated on the first
-/// prompt longer than [`MAX_ROWS`], outside any recorded step).
-struct PrefillScratch<B: KernelBackend> {
-    /// Rows this scratch holds: min(prefill rows, cache capacity).
+/// Inputs and activations of up to `rows` rows: [`MAX_ROWS`] for a recorded step, up to
+/// [`PREFILL_ROWS`] for a layer-major prefill chunk (allocated on the first prompt longer than
+/// [`MAX_ROWS`], outside any recorded step).
+struct Activations<B: KernelBackend> {
+    /// Rows this scratch holds.
     rows: usize,
-    /// u32 `[rows]` token ids of the chunk
+    /// u32 `[rows]` token ids
     ids: B::Buf<u32>,
-    /// i32 `[rows]` absolute positions of the chunk
+    /// i32 `[rows]` absolute positions
     pos: B::Buf<i32>,
     /// f32 `[rows, d]` residual stream
     x: B::Buf<f32>,
@@ -177,17 +154,17 @@ struct PrefillScratch<B: KernelBackend> {
     mid: B::Buf<f16>,
 }
 
-impl<B: KernelBackend> PrefillScratch<B> {
+impl<B: KernelBackend> Activations<B> {
     fn new(b: &mut B, dims: &Dims, rows: usize) -> Result<Self> {
         let (d, r) = (dims.hidden, rows);
         let bytes = r * (8 + 4 * d + 2 * (7 * d + dims.intermediate));
         let what = || {
             format!(
-                "allocating the prefill scratch ({rows} rows, {})",
+                "allocating activations for {rows} rows ({})",
                 spedec_report::format_bytes(bytes as u64)
             )
         };
-        Ok(PrefillScratch {
+        Ok(Activations {
             rows,
             ids: b.upload(&vec![0u32; r]).with_context(what)?,
             pos: b.upload(&vec![0i32; r]).with_context(what)?,
@@ -213,11 +190,14 @@ pub struct Engine<B: KernelBackend> {
     shape: AttnShape,
     params: Params<B>,
     kv: Vec<LayerKv<B>>,
-    scratch: Scratch<B>,
+    /// Activations of a recorded step ([`MAX_ROWS`] rows).
+    scratch: Activations<B>,
+    /// f32 `[MAX_ROWS, V]` logits
+    logits: B::Buf<f32>,
     /// Rows per layer-major prefill chunk ([`PREFILL_ROWS`] unless set).
     prefill_rows: usize,
     /// The prefill chunk's activations, once a long prompt came.
-    prefill: Option<PrefillScratch<B>>,
+    prefill: Option<Activations<B>>,
     /// Layer-major chunks run so far.
     prefill_chunks: u64,
     /// Cached length and capacity.
@@ -456,19 +436,8 @@ impl<B: KernelBackend> Engine<B> {
             });
         }
         drop(zeros);
-        let (d, r) = (dims.hidden, MAX_ROWS);
-        let scratch = Scratch {
-            ids: backend.upload(&[0u32; MAX_ROWS])?,
-            pos: backend.upload(&[0i32; MAX_ROWS])?,
-            x: backend.upload(&vec![0f32; r * d])?,
-            h1: backend.upload(&vec![f16::ZERO; r * d])?,
-            h2: backend.upload(&vec![f16::ZERO; r * d])?,
-            qkv: backend.upload(&vec![f16::ZERO; r * 3 * d])?,
-            q: backend.upload(&vec![f16::ZERO; r * d])?,
-            attn: backend.upload(&vec![f16::ZERO; r * d])?,
-            mid: backend.upload(&vec![f16::ZERO; r * dims.intermediate])?,
-            logits: backend.upload(&vec![0f32; r * dims.vocab])?,
-        };
+        let scratch = Activations::new(&mut backend, &dims, MAX_ROWS)?;
+        let logits = backend.upload(&vec![0f32; MAX_ROWS * dims.vocab])?;
         backend.prepare(&shape)?;
         backend.synchronize()?;
         Ok(Engine {
@@ -479,6 +448,7 @@ impl<B: KernelBackend> Engine<B> {
             params,
             kv,
             scratch,
+            logits,
             prefill_rows: PREFILL_ROWS,
             prefill: None,
             prefill_chunks: 0,
@@ -602,6 +572,7 @@ impl<B: KernelBackend> Engine<B> {
             params,
             kv,
             scratch,
+            logits,
             ..
         } = self;
         let mut pos = [0i32; MAX_ROWS];
@@ -610,9 +581,11 @@ impl<B: KernelBackend> Engine<B> {
         }
         backend.write(tokens, &mut scratch.ids)?;
         backend.write(&pos[..m], &mut scratch.pos)?;
-        backend.run_step(m, &mut |b| encode(b, dims, shape, params, kv, scratch, m))?;
+        backend.run_step(m, &mut |b| {
+            encode(b, dims, shape, params, kv, scratch, logits, m)
+        })?;
         let mut out = vec![0f32; m * vocab];
-        backend.read_into(&scratch.logits, &mut out)?;
+        backend.read_into(logits, &mut out)?;
         if last_only {
             out.drain(..(m - 1) * vocab);
         }
@@ -626,7 +599,7 @@ impl<B: KernelBackend> Engine<B> {
         let rows = self.prefill_rows.min(self.cursor.capacity()).max(1);
         if self.prefill.as_ref().is_none_or(|p| p.rows != rows) {
             self.prefill = None;
-            self.prefill = Some(PrefillScratch::new(&mut self.backend, &self.dims, rows)?);
+            self.prefill = Some(Activations::new(&mut self.backend, &self.dims, rows)?);
         }
         let Engine {
             backend,
@@ -634,7 +607,7 @@ impl<B: KernelBackend> Engine<B> {
             shape,
             params,
             kv,
-            scratch,
+            logits,
             prefill,
             prefill_chunks,
             ..
@@ -670,13 +643,13 @@ impl<B: KernelBackend> Engine<B> {
                     r0,
                     &params.embed_out,
                     None,
-                    LinDest::F32(&mut scratch.logits),
+                    LinDest::F32(logits),
                     0,
                     r,
                     vocab,
                     d,
                 )?;
-                backend.read_into(&scratch.logits, &mut out[filled..filled + r * vocab])?;
+                backend.read_into(logits, &mut out[filled..filled + r * vocab])?;
                 filled += r * vocab;
                 r0 += r;
             }
@@ -687,13 +660,15 @@ impl<B: KernelBackend> Engine<B> {
 }
 
 /// Enqueue the launches of one step of `m` rows (ids and positions already on the device).
+#[allow(clippy::too_many_arguments)]
 fn encode<B: KernelBackend>(
     b: &mut B,
     dims: &Dims,
     shape: &AttnShape,
     w: &Params<B>,
     kv: &mut [LayerKv<B>],
-    s: &mut Scratch<B>,
+    s: &mut Activations<B>,
+    logits: &mut B::Buf<f32>,
     m: usize,
 ) -> Result<()> {
     let Dims {
@@ -768,15 +743,7 @@ fn encode<B: KernelBackend>(
     b.add_layernorm(
         &mut s.x, None, None, &w.final_w, &w.final_b, &mut s.h1, None, m, d, eps,
     )?;
-    b.linear(
-        &s.h1,
-        &w.embed_out,
-        None,
-        LinDest::F32(&mut s.logits),
-        m,
-        vocab,
-        d,
-    )?;
+    b.linear(&s.h1, &w.embed_out, None, LinDest::F32(logits), m, vocab, d)?;
     Ok(())
 }
 
@@ -816,7 +783,7 @@ fn encode_prefill<B: KernelBackend>(
     shape: &AttnShape,
     w: &Params<B>,
     kv: &mut [LayerKv<B>],
-    s: &mut PrefillScratch<B>,
+    s: &mut Activations<B>,
     m: usize,
     final_ln: bool,
 ) -> Result<()> {
