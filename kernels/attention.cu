@@ -1,17 +1,23 @@
-// attention.cu: causal attention of M <= 16 queries over the KV cache, flash-decoding style.
+// attention.cu: causal attention of M queries over the KV cache, flash-decoding style.
 //
 // The key axis is cut into fixed splits of ATT_SPLIT positions (a constant, never a function
-// of M or of the context length). Pass 1 (attn_partial_f16), one block per (split, head):
-// scores for every query against the split's keys, the split's max, Σ exp and Σ p·v (f32).
-// Pass 2 (attn_combine_f16), one block per (head, query): rescales and adds the splits in
-// split order.
+// of M or of the context length), and the queries into chunks of ATT_MAX_M (16): query chunk
+// c holds rows c·16 .. min(M, c·16 + 16). Pass 1 (attn_partial_f16), one block per (split,
+// head, query chunk): scores for each of the chunk's queries against the split's keys, the
+// split's max, Σ exp and Σ p·v (f32). Pass 2 (attn_combine_f16), one block per (head,
+// query): rescales and adds the splits in split order. A decode or verify step (M <= 16) is
+// one chunk; a long prompt's queries go in few launches (the launcher bounds M by its
+// scratch, ATT_PREFILL_ROWS in crates/cuda/src/ops.rs).
 //
 // Batch invariance: what query m computes depends only on its own q, pos[m] and the cache.
 // Scores are per (query, key) dot products in a fixed dim order; masked slots (key > pos[m])
 // hold −inf / 0 before the fixed-shape max and sum trees over the ATT_SPLIT slots; the p·v
 // sum runs over keys 0..=pos[m] of the split in key order; the combine runs over splits
-// 0..=pos[m]/ATT_SPLIT in order. So a query's output is bit-identical whether it is computed
-// alone (decode) or among up to 16 (verify / prefill chunk).
+// 0..=pos[m]/ATT_SPLIT in order. The other queries of its chunk only decide which key slots
+// are computed at all (slots past every chunk query's position are skipped, and masked for
+// query m anyway), and the chunk index only offsets the rows a block reads and writes. So a
+// query's output is bit-identical whether it is computed alone (decode), among up to 16
+// (verify), or in any chunk of a long prompt's launch.
 //
 // KV cache layout (one layer): f16 [H, max_pos, hd] for K and for V.
 #include "common.cuh"
@@ -21,14 +27,15 @@
 #define ATT_MAX_M 16
 #define ATT_MAX_HD 128
 
-// q:       f16 [M, H, hd]        rotated queries (hd % 8 == 0, hd <= 128)
+// q:       f16 [M, H, hd]        rotated queries (hd % 8 == 0, hd <= 128), any M >= 1
 // k_cache: f16 [H, max_pos, hd]
 // v_cache: f16 [H, max_pos, hd]
 // pos:     i32 [M]               query m sees keys 0..=pos[m]
 // o_part:  f32 [M, H, n_split, hd] un-normalised Σ p·v of each split
 // ml_part: f32 [M, H, n_split, 2]  (max score, Σ exp(score − max)) of each split
 // Only splits s <= pos[m] / ATT_SPLIT are written for query m.
-// grid (n_split, H) with n_split = ceil(max_pos / ATT_SPLIT), block ATT_SPLIT.
+// grid (n_split, H, ceil(M / ATT_MAX_M)) with n_split = ceil(max_pos / ATT_SPLIT), block
+// ATT_SPLIT: block (s, h, c) computes query rows c·ATT_MAX_M .. min(M, (c + 1)·ATT_MAX_M).
 // A block whose split starts past every query's position exits at once, so the grid can be
 // sized for the cache capacity and captured once in a CUDA graph.
 extern "C" __global__ void __launch_bounds__(ATT_SPLIT)
@@ -45,6 +52,15 @@ attn_partial_f16(const f16_t* __restrict__ q, const f16_t* __restrict__ k_cache,
     const int s = blockIdx.x, h = blockIdx.y;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int j0 = s * ATT_SPLIT;
+
+    // This block's query chunk: from here on, rows are the chunk's and M is its size.
+    const int r0 = (int)blockIdx.z * ATT_MAX_M;
+    if (r0 >= M) return;  // uniform over the block (a grid larger than M needs)
+    M = min(M - r0, ATT_MAX_M);
+    q += (size_t)r0 * H * hd;
+    pos += r0;
+    o_part += (size_t)r0 * H * n_split * hd;
+    ml_part += (size_t)r0 * H * n_split * 2;
 
     if (tid < M) spos[tid] = min(pos[tid], max_pos - 1);
     __syncthreads();

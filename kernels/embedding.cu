@@ -23,3 +23,12 @@ embedding_f16(const unsigned int* __restrict__ ids, const f16_t* __restrict__ ta
     const f16_t* row = table + (size_t)id * d;
     for (int i = threadIdx.x; i < d; i += EMB_THREADS) row_out[i] = h2f(row[i]);
 }
+
+// pos: i32 [M] = start, start + 1, …, start + M − 1: a step's positions, written by a launch
+// (its arguments travel with the launch) rather than by a copy from pageable host memory,
+// which would make the host wait for the stream — so a chain of steps (the device
+// speculative step) enqueues without waiting. grid (1), block EMB_THREADS.
+extern "C" __global__ void __launch_bounds__(EMB_THREADS)
+positions_i32(int* __restrict__ pos, int start, int M) {
+    for (int i = threadIdx.x; i < M; i += EMB_THREADS) pos[i] = start + i;
+}

@@ -1,5 +1,6 @@
 // sampling.cu: the device sampler on f32 rows [rows, V] — processing (temperature → top-k →
-// top-p, HF order and semantics as spedec_sampling::process), the categorical draw, and the
+// top-p, HF order and semantics as spedec_sampling::process), the categorical draw, one
+// row's pick (processing and draw, or argmax, routed to the models' input ids), and the
 // speculative decision (accept with u < min(1, p/q), residual norm(max(0, p − q)) at the
 // first rejection, bonus from the last target row). Uniforms come from Philox4x32-10
 // (common.cuh) with counter (position, stream, index, 0).
@@ -196,29 +197,31 @@ struct TieIdSrc {
     __device__ unsigned key(int i) const { return ~(unsigned)i; }
 };
 
-// logits: f32 [M, V]; probs: f32 [M, V] = the processed distribution of each row:
-// z = logit / temperature; top-k (0 < top_k < V) removes every token whose logit is strictly
-// below the k-th largest (ties with it kept); softmax; top-p (top_p < 1) keeps, in rank order
-// (larger logit first, then lower id), each token whose mass ranked above it is < top_p of
-// the total; renormalised, removed tokens exactly 0. A row with a NaN or without a finite
-// logit gives NaN (the CPU sampler refuses such rows).
-// grid (M), block SAMPLE_THREADS.
-extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
-sample_process_f32(const float* __restrict__ logits, float* __restrict__ probs, int V,
-                   float temperature, int top_k, float top_p) {
-    __shared__ SelectShared sel;
-    __shared__ float scratch[SAMPLE_WARPS];
-    __shared__ u64 total_fix;
-    const float* row = logits + (size_t)blockIdx.x * V;
-    float* prow = probs + (size_t)blockIdx.x * V;
+// Shared memory of one row's processing.
+struct ProcessShared {
+    SelectShared sel;
+    float scratch[SAMPLE_WARPS];
+    u64 total_fix;
+};
+
+// One row's processed distribution: row f32 [V] → prow f32 [V]: z = logit / temperature;
+// top-k (0 < top_k < V) removes every token whose logit is strictly below the k-th largest
+// (ties with it kept); softmax; top-p (top_p < 1) keeps, in rank order (larger logit first,
+// then lower id), each token whose mass ranked above it is < top_p of the total;
+// renormalised, removed tokens exactly 0. A row with a NaN or without a finite logit gives
+// NaN (the CPU sampler refuses such rows). Block-wide; the writes of prow are not yet
+// visible to other threads on return (the caller synchronises before reading them). The one
+// body of sample_process_f32 and sample_pick_f32, so both give the same bits.
+__device__ void process_row(const float* __restrict__ row, float* __restrict__ prow, int V,
+                            float temperature, int top_k, float top_p, ProcessShared* sh) {
     const int tid = threadIdx.x;
 
     float mx = NEG_INF;
     for (int i = tid; i < V; i += SAMPLE_THREADS) mx = fmaxf(mx, row[i]);
-    mx = block_max<SAMPLE_WARPS>(mx, scratch);
+    mx = block_max<SAMPLE_WARPS>(mx, sh->scratch);
 
     unsigned kmin = 0u;  // top-k: keep logit_key >= kmin
-    if (top_k > 0 && top_k < V) kmin = radix_select(TopKSrc{row}, V, (u64)top_k, &sel).key;
+    if (top_k > 0 && top_k < V) kmin = radix_select(TopKSrc{row}, V, (u64)top_k, &sh->sel).key;
 
     float sum = 0.0f;
     for (int i = tid; i < V; i += SAMPLE_THREADS) {
@@ -227,8 +230,8 @@ sample_process_f32(const float* __restrict__ logits, float* __restrict__ probs, 
         prow[i] = e;
         sum += e;
     }
-    const float total = block_sum<SAMPLE_WARPS>(sum, scratch);
-    if (tid == 0) total_fix = 0;
+    const float total = block_sum<SAMPLE_WARPS>(sum, sh->scratch);
+    if (tid == 0) sh->total_fix = 0;
     u64 fix = 0;
     for (int i = tid; i < V; i += SAMPLE_THREADS) {
         const float p = prow[i] / total;
@@ -238,11 +241,11 @@ sample_process_f32(const float* __restrict__ logits, float* __restrict__ probs, 
     if (!(top_p < 1.0f)) return;  // uniform across the block
 
     __syncthreads();  // total_fix = 0 is visible
-    atomicAdd(&total_fix, fix);
+    atomicAdd(&sh->total_fix, fix);
     __syncthreads();
-    u64 tp = (u64)ceil((double)top_p * (double)total_fix);
+    u64 tp = (u64)ceil((double)top_p * (double)sh->total_fix);
     if (tp == 0) tp = 1;
-    const SelectResult r = radix_select(MassSrc{row, prow}, V, tp, &sel);
+    const SelectResult r = radix_select(MassSrc{row, prow}, V, tp, &sh->sel);
     // The tokens tied at r.key share one p; keep the first n of them (by id), n >= 1.
     unsigned id_last = 0xffffffffu;
     if (r.at_c > 1) {
@@ -251,7 +254,7 @@ sample_process_f32(const float* __restrict__ logits, float* __restrict__ probs, 
         u64 n = w_tie ? (need + w_tie - 1) / w_tie : (u64)r.at_c;
         if (n < (u64)r.at_c) {
             if (n == 0) n = 1;
-            id_last = ~radix_select(TieIdSrc{row, prow, r.key}, V, n, &sel).key;
+            id_last = ~radix_select(TieIdSrc{row, prow, r.key}, V, n, &sh->sel).key;
         }
     }
     float kept = 0.0f;
@@ -261,13 +264,23 @@ sample_process_f32(const float* __restrict__ logits, float* __restrict__ probs, 
         const bool keep = mass_fix(p) != 0 && (k > r.key || (k == r.key && (unsigned)i <= id_last));
         kept += keep ? p : 0.0f;
     }
-    const float mass = block_sum<SAMPLE_WARPS>(kept, scratch);
+    const float mass = block_sum<SAMPLE_WARPS>(kept, sh->scratch);
     for (int i = tid; i < V; i += SAMPLE_THREADS) {
         const float p = prow[i];
         const unsigned k = logit_key(row[i]);
         const bool keep = mass_fix(p) != 0 && (k > r.key || (k == r.key && (unsigned)i <= id_last));
         prow[i] = keep ? p / mass : 0.0f;
     }
+}
+
+// logits: f32 [M, V]; probs: f32 [M, V] = the processed distribution of each row
+// (process_row). grid (M), block SAMPLE_THREADS.
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
+sample_process_f32(const float* __restrict__ logits, float* __restrict__ probs, int V,
+                   float temperature, int top_k, float top_p) {
+    __shared__ ProcessShared sh;
+    process_row(logits + (size_t)blockIdx.x * V, probs + (size_t)blockIdx.x * V, V,
+                temperature, top_k, top_p, &sh);
 }
 
 // ---- categorical draw by inverse CDF ----------------------------------------------------
@@ -407,6 +420,56 @@ __device__ int block_argmax(const float* row, int V, ArgmaxShared* sh) {
     const int best = sh->best;
     __syncthreads();
     return best;
+}
+
+// ---- one row's token -------------------------------------------------------------------
+
+// One token from one row, in one launch (the device-resident decode step).
+//   row: f32 [V] logits; probs_row: f32 [V] (written when greedy == 0, unused otherwise);
+//   token: i32 [1]; draft_input, verify_input: u32 [1] each, or null.
+// Greedy (greedy != 0): the argmax of row (lowest id on ties). Random: row processed by
+// process_row into probs_row, then drawn by inverse CDF (as sample_draw_f32) with the uniform
+// of counter (position, stream, index, 0) under seed. A row with a NaN or +inf, without a
+// finite logit, or (random) without mass gives token −1 and input ids 0 (the CPU sampler
+// refuses such rows). grid (1), block SAMPLE_THREADS.
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
+sample_pick_f32(const float* __restrict__ row, float* __restrict__ probs_row,
+                int* __restrict__ token, unsigned* __restrict__ draft_input,
+                unsigned* __restrict__ verify_input, int V, int greedy, float temperature,
+                int top_k, float top_p, unsigned long long seed, unsigned position,
+                unsigned stream, unsigned index) {
+    __shared__ ProcessShared psh;
+    __shared__ DrawShared dsh;
+    __shared__ ArgmaxShared ash;
+    const int tid = threadIdx.x;
+
+    // The row's check (as spedec_sampling's): no NaN, no +inf, some finite logit.
+    float mx = NEG_INF, nan = 0.0f;
+    for (int i = tid; i < V; i += SAMPLE_THREADS) {
+        const float x = row[i];
+        if (x != x) nan = 1.0f;
+        mx = fmaxf(mx, x);
+    }
+    mx = block_max<SAMPLE_WARPS>(mx, psh.scratch);
+    nan = block_max<SAMPLE_WARPS>(nan, psh.scratch);
+    const bool bad = nan > 0.0f || !(mx > NEG_INF) || mx == -NEG_INF;
+
+    int tok;
+    if (greedy) {
+        tok = block_argmax(row, V, &ash);
+    } else {
+        process_row(row, probs_row, V, temperature, top_k, top_p, &psh);
+        __syncthreads();  // probs_row is read in other threads' chunks
+        const double u = philox_to_uniform(philox_word(seed, position, stream, index));
+        tok = cdf_pick(ProbW{probs_row}, V, u, &dsh);
+    }
+    if (bad) tok = -1;
+    if (tid == 0) {
+        token[0] = tok;
+        const unsigned id = tok < 0 ? 0u : (unsigned)tok;
+        if (draft_input) draft_input[0] = id;
+        if (verify_input) verify_input[0] = id;
+    }
 }
 
 // Verifies gamma drafted tokens against the target's gamma + 1 rows.

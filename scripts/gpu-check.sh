@@ -14,7 +14,8 @@
 #      OUTDIR/tc;
 #   5. `spedec gpu-check --only hf --hf-dir …`: spedec against HF on the same weights;
 #   6. `spedec gpu-check --summarize`: OUTDIR/gpu-check.json (and OUTDIR/tc/gpu-check.json)
-#      and the short tables, last.
+#      and the short tables, last; OUTDIR/gpu-check.md holds the table and the kernels
+#      section's linears against cuBLAS (ours µs, cuBLAS µs, ratio, GB/s, TFLOP/s).
 # Everything printed also goes to OUTDIR/log.txt. Exit status: non-zero when a check failed
 # (or a step crashed / ran out of time); 0 with "skipped: no CUDA device" where there is none.
 # With --cpu and no torch the hf section is left out rather than failed.
@@ -29,7 +30,8 @@
 # Environment: SPEDEC_BIN (default target/release/spedec), PYTHON (default python3),
 # SPEDEC_SCRATCH (HF model folders, ~6 GB; default ${TMPDIR:-/tmp}/spedec-gpu-check),
 # SPEDEC_KEEP_SCRATCH=1 keeps them, SPEDEC_NVRTC_LIB_DIR tries that NVRTC folder first,
-# SPEDEC_CUDA_GRAPHS=0 turns CUDA graphs off (to isolate a graph failure).
+# SPEDEC_CUDA_GRAPHS=0 turns CUDA graphs off (to isolate a graph failure),
+# SPEDEC_CUBLAS_LIB_DIR names a folder with libcublas.so.13 / .12 (the cuBLAS reference).
 
 set -uo pipefail
 
@@ -42,7 +44,7 @@ for arg in "$@"; do
         --dry-run) DRY_RUN=1 ;;
         --quick) QUICK=(--quick) ;;
         --cpu) CPU_MODE=1 ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         -*) echo "gpu-check.sh: unknown option $arg" >&2; exit 2 ;;
         *) OUT="$arg" ;;
     esac
@@ -196,10 +198,34 @@ else
         say "using NVRTC from $CHOSEN"
     fi
 fi
+# cuBLAS: the kernels section times our linears against it (a reference, loaded at run time;
+# without it that check fails and reports our times only). Add the first folder holding
+# libcublas.so.1[23] unless the loader already finds one.
+if ! ldconfig -p 2>/dev/null | grep -qE 'libcublas\.so\.1[23]'; then
+    CUBLAS_DIR=""
+    for d in ${SPEDEC_CUBLAS_LIB_DIR:-} $(printf '%s' "${LD_LIBRARY_PATH:-}" | tr ':' ' ') \
+             /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+             $(ls -d /usr/local/cuda-1[23]*/lib64 2>/dev/null | sort -rV) \
+             $("$PY" -c '
+import glob, os, site
+for root in site.getsitepackages() + [site.getusersitepackages()]:
+    for pattern in ("nvidia/cu13/lib", "nvidia/cublas/lib"):
+        for d in sorted(glob.glob(os.path.join(root, pattern))):
+            print(d)
+' 2>/dev/null); do
+        if ls "$d"/libcublas.so.1[23]* >/dev/null 2>&1; then CUBLAS_DIR="$d"; break; fi
+    done
+    if [ -n "$CUBLAS_DIR" ]; then
+        export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$CUBLAS_DIR"
+        say "cuBLAS from $CUBLAS_DIR"
+    else
+        say "WARNING: no libcublas.so.1[23] found: the linears-vs-cuBLAS check will fail"
+    fi
+fi
 echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 
 # --- spedec sections, one process each -----------------------------------------------------
-declare -A CAP=([kernels]=120 [logits]=90 [consistency]=120 [speculative]=120 [timing]=150)
+declare -A CAP=([kernels]=180 [logits]=90 [consistency]=120 [speculative]=150 [timing]=150)
 for s in "${SECTIONS[@]}"; do
     run_step "$s" "${CAP[$s]}" "$BIN" gpu-check --only "$s" --out "$OUT" "${QUICK[@]}" "${CHECK_ARGS[@]}"
 done

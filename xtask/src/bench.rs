@@ -2,16 +2,19 @@
 //! and speculative decoding — through `spedec bench`, on Pythia-70m → Pythia-2.8b by default
 //! (downloaded when missing) or on synthetic weights of the same shapes. Writes
 //! `results/local/bench[-…]-<target>-<draft>-g<γ>-<date>-<device>.{json,md}` and prints the
-//! table; a list of γ values or of drafts makes a sweep with an SVG plot of speedup (measured and
-//! predicted) and acceptance. `--quick` is a run of minutes instead of hours.
+//! table; a list of γ values (numbers and `auto`, γ chosen per step by spedec) or of drafts makes
+//! a sweep with an SVG plot of speedup (measured and predicted) and acceptance. `--quick` is a
+//! run of minutes instead of hours.
 
+use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use spedec_report::bench::{BenchMode, BenchReport};
+use spedec_report::bench::{gamma_label, mean_gamma, BenchMode, BenchReport};
 use spedec_report::{fmt_opt, write_atomic, Device};
 
 use crate::common::{self, check_vocab, ModelRef, ModelSource, Outputs, RunArgs, Spedec};
@@ -33,11 +36,16 @@ pub struct Args {
     )]
     pub draft: Vec<String>,
 
-    /// Draft tokens per verify step (1 to 16, as spedec takes), comma-separated; several make
-    /// a γ sweep (e.g. 1,2,4,8)
-    #[arg(long, value_delimiter = ',', default_value = "4", value_name = "LIST",
-          value_parser = clap::value_parser!(u32).range(1..=16))]
-    pub gamma: Vec<u32>,
+    /// Draft tokens per verify step: a number from 1 to 16, or auto (spedec chooses γ before
+    /// each step from the measured acceptance and costs, up to 16); comma-separated, several
+    /// make a γ sweep (e.g. 1,2,4,8,auto)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "4",
+        value_name = "N|auto,…"
+    )]
+    pub gamma: Vec<Gamma>,
 
     /// Seeded random weights of the exact Pythia shapes, no download: timings only, acceptance
     /// (and every speedup of spec) is meaningless
@@ -93,12 +101,15 @@ pub struct Args {
 const AFTER_HELP: &str = "\
 Each (draft, γ) pair is one `spedec bench` run: every mode (small = draft alone, target alone,
 spec) generates --max-new-tokens tokens for each prompt, --warmup times unmeasured, then --runs
-times measured. Cells are median (min–max) over prompts × runs.
+times measured. Cells are median (min–max) over prompts × runs. --gamma auto is passed on to
+spedec, which then chooses γ (1 to 16) before each step; the tables label it `auto (≤ 16)`
+and give the mean γ it chose, and a sweep's plot puts it after the fixed γ values, apart from
+their lines.
 
 Output, in --results-dir (default results/local, git-ignored; written under a temporary name,
 then renamed; an existing file is not overwritten without --force):
   bench-<target>-<draft>-g<γ>-<date>-<device>.json / .md   one run (spedec's JSON report + how
-                                                            it was run)
+                                                            it was run); -gauto for --gamma auto
   bench-synthetic-…, bench-quick-…                          with --synthetic, --quick
   bench-gamma-sweep-<target>-<draft>-<date>-<device>.*      sweeps, with a .svg plot
   bench-draft-sweep-<target>-<draft>+<draft>…-g<γ>-<date>-<device>.*
@@ -112,7 +123,79 @@ Examples:
   cargo xtask bench --synthetic --quick              # a first look, no download
   cargo xtask bench --synthetic --max-new-tokens 32 --runs 2
   cargo xtask bench --gamma 1,2,4,8 --runs 3
+  cargo xtask bench --gamma auto                     # γ chosen per step by spedec
+  cargo xtask bench --gamma 1,2,4,8,auto             # fixed γ against auto
   cargo xtask bench --draft pythia-14m,70m,160m,410m";
+
+/// Largest fixed γ `spedec bench` takes (and the most `auto` may choose).
+pub const MAX_GAMMA: u32 = 16;
+
+/// One `--gamma` value: a fixed number of draft tokens per verify step, or `auto` (spedec
+/// chooses γ before each step). Written `4` or `auto`, as `spedec bench --gamma` takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gamma {
+    /// The same γ, 1..=[`MAX_GAMMA`], every step.
+    Fixed(u32),
+    /// Chosen per step by spedec.
+    Auto,
+}
+
+impl Gamma {
+    pub fn is_auto(self) -> bool {
+        self == Gamma::Auto
+    }
+
+    /// The value in the sweep's JSON: the number, or `"auto"`.
+    pub fn to_json(self) -> Value {
+        match self {
+            Gamma::Fixed(g) => g.into(),
+            Gamma::Auto => "auto".into(),
+        }
+    }
+
+    /// Whether `report` is of a spec run with this γ (spedec writes `gamma` and `gamma_auto`).
+    fn check_report(self, report: &BenchReport) -> Result<()> {
+        let matches = match self {
+            Gamma::Fixed(g) => !report.gamma_auto && report.gamma == g as usize,
+            Gamma::Auto => report.gamma_auto,
+        };
+        if !matches {
+            bail!(
+                "spedec bench was asked for γ = {self} but its report says γ = {} (is the \
+                 spedec binary older than this xtask? rebuild it)",
+                gamma_label(report.gamma, report.gamma_auto)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Gamma {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Gamma, String> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("auto") {
+            return Ok(Gamma::Auto);
+        }
+        match text.parse::<u32>() {
+            Ok(g) if (1..=MAX_GAMMA).contains(&g) => Ok(Gamma::Fixed(g)),
+            _ => Err(format!(
+                "expected a number of draft tokens per verify step from 1 to {MAX_GAMMA}, or \
+                 auto (e.g. --gamma 4, --gamma auto, --gamma 1,2,4,8,auto); got `{text}`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Gamma {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Gamma::Fixed(g) => write!(f, "{g}"),
+            Gamma::Auto => f.write_str("auto"),
+        }
+    }
+}
 
 /// How a result was obtained, recorded beside it.
 #[derive(Clone, Debug)]
@@ -188,8 +271,16 @@ impl Meta {
 #[derive(Clone, Debug)]
 pub struct Point {
     pub draft: ModelRef,
-    pub gamma: u32,
+    /// The γ asked for; the report says the same (checked when it is read back).
+    pub gamma: Gamma,
     pub report: BenchReport,
+}
+
+impl Point {
+    /// `4`, or `auto (≤ 16)`, from the report.
+    pub fn gamma_label(&self) -> String {
+        gamma_label(self.report.gamma, self.report.gamma_auto)
+    }
 }
 
 /// `--quick`'s settings (where not given): prompts, measured runs, new tokens.
@@ -230,12 +321,12 @@ impl Settings {
 /// How the result files are named: `bench[-synthetic][-quick][-<kind>]-<models>-<date>-<device>`.
 struct Naming {
     prefix: String,
-    /// `<target>-<draft>[+<draft>…][-g<γ>]`.
+    /// `<target>-<draft>[+<draft>…][-g<γ>]`, `-gauto` for `--gamma auto`.
     models: String,
 }
 
 impl Naming {
-    fn new(args: &Args, target: &ModelRef, drafts: &[ModelRef], gammas: &[u32]) -> Naming {
+    fn new(args: &Args, target: &ModelRef, drafts: &[ModelRef], gammas: &[Gamma]) -> Naming {
         let kind = match (drafts.len() > 1, gammas.len() > 1) {
             (false, false) => "",
             (true, false) => "-draft-sweep",
@@ -274,7 +365,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     let settings = Settings::of(args);
-    let mut gammas: Vec<u32> = Vec::new();
+    let mut gammas: Vec<Gamma> = Vec::new();
     for &g in &args.gamma {
         if !gammas.contains(&g) {
             gammas.push(g);
@@ -364,7 +455,7 @@ fn run_points(
     spedec: &Spedec,
     target: &ModelRef,
     drafts: &[ModelRef],
-    gammas: &[u32],
+    gammas: &[Gamma],
     extra: &[String],
 ) -> Result<Vec<Point>> {
     let total = drafts.len() * gammas.len();
@@ -393,7 +484,10 @@ fn run_points(
             ];
             cmd.extend(extra.iter().cloned());
             cmd.extend(["--json".into(), tmp.display().to_string()]);
-            let result = spedec.run(&cmd).and_then(|_| read_report(&tmp));
+            let result = spedec
+                .run(&cmd)
+                .and_then(|_| read_report(&tmp))
+                .and_then(|report| gamma.check_report(&report).map(|_| report));
             let _ = fs::remove_file(&tmp);
             points.push(Point {
                 draft: draft.clone(),
@@ -486,7 +580,10 @@ fn heading(kind: &str, what: &str, meta: &Meta) -> String {
 /// The seed study's speed table (TTFT and TPOT in ms, throughput in tokens/s) plus the
 /// speculative statistics, for one `spedec bench` report.
 pub fn markdown(report: &BenchReport, target: &str, draft: &str, meta: &Meta) -> String {
-    let what = format!("{draft} → {target}, γ = {}", report.gamma);
+    let what = format!(
+        "{draft} → {target}, γ = {}",
+        gamma_label(report.gamma, report.gamma_auto)
+    );
     let mut out = heading("Speed", &what, meta);
     out += &report.tables(target, draft);
     out += &format!(
@@ -494,20 +591,35 @@ pub fn markdown(report: &BenchReport, target: &str, draft: &str, meta: &Meta) ->
          per run; cells are median (min–max) over prompts × runs. TTFT: start to the first new \
          token (prefill included); TPOT: (total − TTFT) / (new tokens − 1); throughput: new \
          tokens / total time. c = small TPOT / target TPOT; predicted speedup = (1 − α^(γ+1)) / \
-         ((1 − α)(γc + 1)) (Leviathan et al., 2023).\n\n{}\n",
+         ((1 − α)(γc + 1)) (Leviathan et al., 2023).{}\n\n{}\n",
         report.prompts.len(),
         report.runs,
         report.warmup,
         report.max_new_tokens,
+        if report.gamma_auto {
+            format!(" {}", auto_note(report.gamma))
+        } else {
+            String::new()
+        },
         meta.how_measured()
     );
     out
 }
 
+/// What `auto (≤ max)` means, under a table with an auto point.
+fn auto_note(max: usize) -> String {
+    format!(
+        "γ auto (≤ {max}): spedec chose γ from 1 to {max} before each step from the measured \
+         acceptance and costs; mean γ is over the verify steps, and the predicted speedup is \
+         Leviathan et al.'s over the chosen γ values, Σ h_g E(α, g) / Σ h_g (gc + 1) with h_g \
+         the steps that drafted g tokens."
+    )
+}
+
 /// Writes a sweep's report, table and plot to `paths` (.json, .md, .svg).
 fn write_sweep(paths: &[PathBuf], target: &ModelRef, points: &[Point], meta: &Meta) -> Result<()> {
     let mut drafts: Vec<String> = Vec::new();
-    let mut gammas: Vec<u32> = Vec::new();
+    let mut gammas: Vec<Gamma> = Vec::new();
     for p in points {
         if !drafts.contains(&p.draft.label) {
             drafts.push(p.draft.label.clone());
@@ -525,7 +637,7 @@ fn write_sweep(paths: &[PathBuf], target: &ModelRef, points: &[Point], meta: &Me
         "xtask": meta.to_json(),
         "target": target.label,
         "drafts": drafts,
-        "gammas": gammas,
+        "gammas": gammas.iter().map(|g| g.to_json()).collect::<Vec<_>>(),
         "points": points.iter().map(|p| {
             let mut r = serde_json::to_value(&p.report)?;
             r["draft_label"] = p.draft.label.clone().into();
@@ -539,21 +651,42 @@ fn write_sweep(paths: &[PathBuf], target: &ModelRef, points: &[Point], meta: &Me
     Ok(())
 }
 
-/// A summary row per (draft, γ), then each run's full tables.
+/// A summary row per (draft, γ), then each run's full tables. With an `auto` point a `mean γ`
+/// column (the mean γ of the verify steps, from the reports' `gamma_histogram`) follows γ.
 pub fn sweep_markdown(points: &[Point], target: &str, meta: &Meta, svg_name: &str) -> String {
     let mut out = heading("Speed sweep", &format!("drafts → {target}"), meta);
     out += &format!("![speedup and acceptance]({svg_name})\n\n");
-    out += "| draft | γ | α | mean accepted length | c | speedup, TPOT | speedup, throughput | \
-            predicted speedup | spec TPOT (ms) | target TPOT (ms) |\n\
-            |---|---|---|---|---|---|---|---|---|---|\n";
+    let auto_max = points
+        .iter()
+        .filter(|p| p.report.gamma_auto)
+        .map(|p| p.report.gamma)
+        .max();
+    let (mean_head, mean_rule) = if auto_max.is_some() {
+        (" mean γ |", "---|")
+    } else {
+        ("", "")
+    };
+    out += &format!(
+        "| draft | γ |{mean_head} α | mean accepted length | c | speedup, TPOT | speedup, \
+         throughput | predicted speedup | spec TPOT (ms) | target TPOT (ms) |\n\
+         |---|---|{mean_rule}---|---|---|---|---|---|---|---|\n"
+    );
     for p in points {
         let r = &p.report;
         let spec = r.mode(BenchMode::Spec);
         let tpot = |m: BenchMode| fmt_opt(r.median_tpot_ms(m), 2);
+        // The mean over the verify steps; a fixed γ's own value where the report has no
+        // histogram (written before spedec recorded one).
+        let mean = match (auto_max, spec.and_then(|s| mean_gamma(&s.gamma_histogram))) {
+            (None, _) => String::new(),
+            (Some(_), Some(m)) => format!(" {m:.2} |"),
+            (Some(_), None) if !r.gamma_auto => format!(" {} |", r.gamma),
+            (Some(_), None) => " — |".into(),
+        };
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} |{mean} {} | {} | {} | {} | {} | {} | {} | {} |\n",
             p.draft.label,
-            p.gamma,
+            p.gamma_label(),
             fmt_opt(spec.and_then(|s| s.acceptance_rate), 3),
             fmt_opt(spec.and_then(|s| s.mean_accepted_length), 3),
             fmt_opt(r.cost_ratio, 4),
@@ -568,26 +701,33 @@ pub fn sweep_markdown(points: &[Point], target: &str, meta: &Meta, svg_name: &st
         out += &format!(
             "\nEvery point is its own `spedec bench` run (small, target and spec, each {} \
              prompt(s) × {} run(s) after {} warm-up, {} new tokens); speedups are of spec over \
-             that run's target, from medians.\n\n{}\n",
+             that run's target, from medians.{}\n\n{}\n",
             first.report.prompts.len(),
             first.report.runs,
             first.report.warmup,
             first.report.max_new_tokens,
+            auto_max.map_or(String::new(), |max| format!(" {}", auto_note(max))),
             meta.how_measured()
         );
     }
     for p in points {
-        out += &format!("\n### {} → {target}, γ = {}\n\n", p.draft.label, p.gamma);
+        out += &format!(
+            "\n### {} → {target}, γ = {}\n\n",
+            p.draft.label,
+            p.gamma_label()
+        );
         out += &p.report.tables(target, &p.draft.label);
     }
     out
 }
 
 /// Speedup (measured from TPOT, predicted) and acceptance against γ, or against the draft when
-/// only the draft varies; one series per draft when both vary.
+/// only the draft varies; one series per draft when both vary. `auto` has no numeric γ: it is
+/// its own category after the fixed γ values (`auto (≤ 16)`), apart from them — its markers
+/// are not joined to the fixed γ's lines and a dotted rule separates them.
 pub fn sweep_plot(points: &[Point], target: &str, synthetic: bool) -> String {
     let mut drafts: Vec<&str> = Vec::new();
-    let mut gammas: Vec<u32> = Vec::new();
+    let mut gammas: Vec<Gamma> = Vec::new();
     for p in points {
         if !drafts.contains(&p.draft.label.as_str()) {
             drafts.push(&p.draft.label);
@@ -596,12 +736,23 @@ pub fn sweep_plot(points: &[Point], target: &str, synthetic: bool) -> String {
             gammas.push(p.gamma);
         }
     }
+    // Fixed γ in the order given, then auto.
+    gammas.sort_by_key(|g| g.is_auto());
     let by_draft = gammas.len() == 1;
+    let label = |g: &Gamma| {
+        points
+            .iter()
+            .find(|p| p.gamma == *g)
+            .map_or(g.to_string(), Point::gamma_label)
+    };
     let ticks: Vec<String> = if by_draft {
         drafts.iter().map(|d| d.to_string()).collect()
     } else {
-        gammas.iter().map(u32::to_string).collect()
+        gammas.iter().map(label).collect()
     };
+    let apart_from = (!by_draft)
+        .then(|| gammas.iter().position(|g| g.is_auto()))
+        .flatten();
     // (series suffix, x index) → point
     let groups: Vec<(String, Vec<Option<&Point>>)> = if by_draft {
         vec![(
@@ -673,28 +824,37 @@ pub fn sweep_plot(points: &[Point], target: &str, synthetic: bool) -> String {
         },
     ];
     let (title, x_label) = if by_draft {
-        (format!("Draft sweep, γ = {}", gammas[0]), "draft model")
+        (
+            format!("Draft sweep, γ = {}", label(&gammas[0])),
+            "draft model",
+        )
     } else {
         (
             format!("γ sweep → {target}"),
             "γ (draft tokens per verify step)",
         )
     };
-    plot::line_chart(&title, x_label, &ticks, &panels)
+    plot::line_chart(&title, x_label, &ticks, apart_from, &panels)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Gamma::{Auto, Fixed};
 
     fn summary(median: f64, min: f64, max: f64) -> Value {
         json!({"median": median, "min": min, "max": max, "n": 4})
     }
 
-    /// A report as spedec writes it, with round numbers.
-    fn report(gamma: u32, alpha: f64) -> BenchReport {
-        serde_json::from_value(json!({
-            "gamma": gamma, "max_new_tokens": 200, "runs": 5, "warmup": 1,
+    /// A report as spedec writes it, with round numbers; for `auto`, γ ≤ 16 and a histogram of
+    /// the chosen γ with mean 2.3.
+    fn report(gamma: Gamma, alpha: f64) -> BenchReport {
+        let (max, auto, histogram) = match gamma {
+            Gamma::Fixed(g) => (g, false, json!([])),
+            Gamma::Auto => (16, true, json!([0, 2, 3, 5])),
+        };
+        let mut report: BenchReport = serde_json::from_value(json!({
+            "gamma": max, "gamma_auto": auto, "max_new_tokens": 200, "runs": 5, "warmup": 1,
             "prompts": ["a", "b", "c", "d"],
             "modes": [
                 {"mode": "small", "ttft_ms": summary(12.5, 10.0, 20.0),
@@ -717,7 +877,9 @@ mod tests {
             "predicted_speedup": null, "target": "data/models/pythia-2.8b",
             "draft": "data/models/pythia-70m", "machine": "AMD EPYC, 2 threads (CPU)"
         }))
-        .expect("a spedec bench report")
+        .expect("a spedec bench report");
+        report.modes[2].gamma_histogram = serde_json::from_value(histogram).unwrap();
+        report
     }
 
     fn meta(synthetic: bool) -> Meta {
@@ -738,7 +900,7 @@ mod tests {
         }
     }
 
-    fn point(draft: &str, gamma: u32, alpha: f64) -> Point {
+    fn point(draft: &str, gamma: Gamma, alpha: f64) -> Point {
         Point {
             draft: ModelRef {
                 label: draft.into(),
@@ -751,7 +913,12 @@ mod tests {
 
     #[test]
     fn markdown_has_the_seed_table_and_the_statistics() {
-        let md = markdown(&report(4, 0.75), "pythia-2.8b", "pythia-70m", &meta(false));
+        let md = markdown(
+            &report(Fixed(4), 0.75),
+            "pythia-2.8b",
+            "pythia-70m",
+            &meta(false),
+        );
         for needle in [
             "## Speed: pythia-70m → pythia-2.8b, γ = 4",
             "| model / mode | TTFT (ms) | TPOT (ms) | throughput (tokens/s) |",
@@ -773,13 +940,16 @@ mod tests {
             assert!(md.contains(needle), "`{needle}` missing from:\n{md}");
         }
         assert!(!md.contains("NOT meaningful"));
-        let synthetic = markdown(&report(4, 0.0), "t", "d", &meta(true));
+        let synthetic = markdown(&report(Fixed(4), 0.0), "t", "d", &meta(true));
         assert!(synthetic.contains("NOT meaningful"), "{synthetic}");
     }
 
     #[test]
     fn sweep_outputs_name_every_point() {
-        let points = vec![point("pythia-70m", 1, 0.9), point("pythia-70m", 2, 0.8)];
+        let points = vec![
+            point("pythia-70m", Fixed(1), 0.9),
+            point("pythia-70m", Fixed(2), 0.8),
+        ];
         let md = sweep_markdown(&points, "pythia-2.8b", &meta(false), "x.svg");
         assert!(md.contains("![speedup and acceptance](x.svg)"));
         assert!(
@@ -796,12 +966,232 @@ mod tests {
         ] {
             assert!(svg.contains(name), "{name}");
         }
-        let drafts = vec![point("pythia-14m", 4, 0.5), point("pythia-70m", 4, 0.6)];
+        let drafts = vec![
+            point("pythia-14m", Fixed(4), 0.5),
+            point("pythia-70m", Fixed(4), 0.6),
+        ];
         let svg = sweep_plot(&drafts, "pythia-2.8b", true);
         assert!(svg.contains(">pythia-14m</text>") && svg.contains("draft model"));
         assert!(svg.contains("not meaningful"));
-        let both = vec![point("a", 1, 0.5), point("b", 1, 0.6), point("a", 2, 0.4)];
+        let both = vec![
+            point("a", Fixed(1), 0.5),
+            point("b", Fixed(1), 0.6),
+            point("a", Fixed(2), 0.4),
+        ];
         let svg = sweep_plot(&both, "t", false);
         assert!(svg.contains("acceptance rate α, a") && svg.contains("acceptance rate α, b"));
+    }
+
+    /// `cargo xtask bench` parsed from `argv` (after the subcommand).
+    fn args(argv: &[&str]) -> Result<Args, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn gamma_is_a_number_from_1_to_16_or_auto() {
+        assert_eq!("4".parse(), Ok(Fixed(4)));
+        assert_eq!("16".parse(), Ok(Fixed(16)));
+        assert_eq!("1".parse(), Ok(Fixed(1)));
+        assert_eq!("auto".parse(), Ok(Auto));
+        assert_eq!(" AUTO ".parse(), Ok(Auto));
+        for bad in ["0", "17", "-1", "4.5", "x", "", "automatic"] {
+            let err = bad.parse::<Gamma>().unwrap_err();
+            assert!(
+                err.starts_with(
+                    "expected a number of draft tokens per verify step from 1 to 16, or auto"
+                ) && err.ends_with(&format!("got `{}`", bad.trim())),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(Fixed(8).to_string(), "8");
+        assert_eq!(Auto.to_string(), "auto");
+        assert_eq!(Auto.to_string().parse(), Ok(Auto));
+        assert_eq!(Fixed(3).to_json(), json!(3));
+        assert_eq!(Auto.to_json(), json!("auto"));
+
+        assert_eq!(args(&[]).unwrap().gamma, vec![Fixed(4)]);
+        assert_eq!(args(&["--gamma", "auto"]).unwrap().gamma, vec![Auto]);
+        assert_eq!(
+            args(&["--gamma", "1,2,4,8,auto"]).unwrap().gamma,
+            vec![Fixed(1), Fixed(2), Fixed(4), Fixed(8), Auto]
+        );
+        let err = args(&["--gamma", "1,0"]).unwrap_err().to_string();
+        assert!(
+            err.contains("--gamma") && err.contains("from 1 to 16, or auto"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn auto_files_are_named_gauto() {
+        let model = |label: &str| ModelRef {
+            label: label.into(),
+            spec: format!("data/models/{label}"),
+        };
+        let (target, draft) = (model("pythia-2.8b"), model("pythia-70m"));
+        let stem = |argv: &[&str], gammas: &[Gamma], drafts: &[ModelRef]| {
+            Naming::new(&args(argv).unwrap(), &target, drafts, gammas)
+                .stem("2025-01-02", "cpu-amd-epyc")
+        };
+        let one = std::slice::from_ref(&draft);
+        assert_eq!(
+            stem(&[], &[Auto], one),
+            "bench-pythia-2.8b-pythia-70m-gauto-2025-01-02-cpu-amd-epyc"
+        );
+        assert_eq!(
+            stem(&["--synthetic", "--quick"], &[Fixed(4)], one),
+            "bench-synthetic-quick-pythia-2.8b-pythia-70m-g4-2025-01-02-cpu-amd-epyc"
+        );
+        assert_eq!(
+            stem(&[], &[Fixed(1), Auto], one),
+            "bench-gamma-sweep-pythia-2.8b-pythia-70m-2025-01-02-cpu-amd-epyc"
+        );
+        let drafts = [draft.clone(), model("pythia-14m")];
+        assert_eq!(
+            stem(&[], &[Auto], &drafts),
+            "bench-draft-sweep-pythia-2.8b-pythia-70m+pythia-14m-gauto-2025-01-02-cpu-amd-epyc"
+        );
+    }
+
+    #[test]
+    fn a_report_of_another_gamma_is_refused() {
+        assert!(Fixed(4).check_report(&report(Fixed(4), 0.5)).is_ok());
+        assert!(Auto.check_report(&report(Auto, 0.5)).is_ok());
+        let err = Auto.check_report(&report(Fixed(4), 0.5)).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("spedec bench was asked for γ = auto but its report says γ = 4"),
+            "{err}"
+        );
+        let err = Fixed(16).check_report(&report(Auto, 0.5)).unwrap_err();
+        assert!(
+            err.to_string().contains("report says γ = auto (≤ 16)"),
+            "{err}"
+        );
+        assert!(Fixed(2).check_report(&report(Fixed(4), 0.5)).is_err());
+    }
+
+    #[test]
+    fn an_auto_run_is_labelled_with_its_bound_and_mean() {
+        let md = markdown(
+            &report(Auto, 0.75),
+            "pythia-2.8b",
+            "pythia-70m",
+            &meta(false),
+        );
+        for needle in [
+            "## Speed: pythia-70m → pythia-2.8b, γ = auto (≤ 16)",
+            "| γ chosen per step (auto): verify steps by γ 0..16 | 0, 2, 3, 5 |",
+            "| mean γ (auto) | 2.30 |",
+            "γ auto (≤ 16): spedec chose γ from 1 to 16 before each step",
+        ] {
+            assert!(md.contains(needle), "`{needle}` missing from:\n{md}");
+        }
+        let fixed = markdown(&report(Fixed(4), 0.75), "t", "d", &meta(false));
+        assert!(!fixed.contains("γ auto"), "{fixed}");
+    }
+
+    #[test]
+    fn a_sweep_with_auto_puts_it_in_the_tables_and_apart_in_the_plot() {
+        // auto given first: the tables keep the order given, the plot puts auto last.
+        let mut points = vec![
+            point("pythia-70m", Auto, 0.7),
+            point("pythia-70m", Fixed(1), 0.9),
+            point("pythia-70m", Fixed(2), 0.8),
+        ];
+        // γ = 2 with one short step (the last tokens): mean γ 1.9; γ = 1 without a histogram.
+        points[2].report.modes[2].gamma_histogram = vec![0, 1, 9];
+        let md = sweep_markdown(&points, "pythia-2.8b", &meta(false), "x.svg");
+        for needle in [
+            "| draft | γ | mean γ | α | mean accepted length |",
+            "|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "| pythia-70m | auto (≤ 16) | 2.30 | 0.700 | 2.500 | 0.0337 | 2.491 |",
+            "| pythia-70m | 1 | 1 | 0.900 | 2.500 |",
+            "| pythia-70m | 2 | 1.90 | 0.800 |",
+            "### pythia-70m → pythia-2.8b, γ = auto (≤ 16)",
+            "### pythia-70m → pythia-2.8b, γ = 2",
+            "| mean γ (auto) | 2.30 |",
+            "γ auto (≤ 16): spedec chose γ",
+        ] {
+            assert!(md.contains(needle), "`{needle}` missing from:\n{md}");
+        }
+        assert!(
+            md.find("| pythia-70m | auto (≤ 16) |") < md.find("| pythia-70m | 1 |"),
+            "{md}"
+        );
+        // Without auto: no mean γ column and no auto note.
+        let fixed = sweep_markdown(&points[1..], "pythia-2.8b", &meta(false), "x.svg");
+        assert!(fixed.contains("| draft | γ | α |") && !fixed.contains("γ auto"));
+
+        let svg = sweep_plot(&points, "pythia-2.8b", false);
+        // The x ticks (centred, unlike the y ticks) of the first panel, left to right.
+        let x_of = |t: &str| -> f64 {
+            let line = svg
+                .lines()
+                .find(|l| l.ends_with(&format!(r#"text-anchor="middle">{t}</text>"#)))
+                .unwrap_or_else(|| panic!("no x tick {t} in {svg}"));
+            let x = line
+                .split("x=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            x.parse().unwrap()
+        };
+        assert!(x_of("1") < x_of("2") && x_of("2") < x_of("auto (≤ 16)"));
+        // A dotted rule before auto in each panel, and the fixed γ's lines end before it:
+        // each polyline has two points (γ = 1, 2).
+        assert_eq!(svg.matches(r#"class="apart""#).count(), 2);
+        for line in svg.lines().filter(|l| l.contains("<polyline")) {
+            assert_eq!(
+                line.split('"').nth(1).unwrap().split(' ').count(),
+                2,
+                "{line}"
+            );
+        }
+        // Measured speedup and acceptance at γ = 1, 2 and auto (the fixture predicts nothing).
+        assert_eq!(svg.matches("<circle").count(), 6);
+
+        // A draft sweep with auto only: titled with the label, no rule.
+        let drafts = vec![
+            point("pythia-14m", Auto, 0.5),
+            point("pythia-70m", Auto, 0.6),
+        ];
+        let svg = sweep_plot(&drafts, "pythia-2.8b", false);
+        assert!(svg.contains("Draft sweep, γ = auto (≤ 16)") && !svg.contains("apart"));
+        let md = sweep_markdown(&drafts, "pythia-2.8b", &meta(false), "x.svg");
+        assert!(md.contains("| pythia-14m | auto (≤ 16) | 2.30 |"), "{md}");
+    }
+
+    #[test]
+    fn a_sweep_report_lists_auto_among_its_gammas() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = ["json", "md", "svg"]
+            .iter()
+            .map(|e| dir.path().join(format!("sweep.{e}")))
+            .collect();
+        let target = ModelRef {
+            label: "pythia-2.8b".into(),
+            spec: "data/models/pythia-2.8b".into(),
+        };
+        let points = vec![
+            point("pythia-70m", Fixed(4), 0.8),
+            point("pythia-70m", Auto, 0.7),
+        ];
+        write_sweep(&paths, &target, &points, &meta(false)).unwrap();
+        let r: Value = serde_json::from_str(&fs::read_to_string(&paths[0]).unwrap()).unwrap();
+        assert_eq!(r["gammas"], json!([4, "auto"]));
+        assert_eq!(r["points"][1]["gamma_auto"], true);
+        assert_eq!(r["points"][1]["gamma"], 16);
+        assert_eq!(r["points"][0]["gamma_auto"], false);
+        let svg = fs::read_to_string(&paths[2]).unwrap();
+        assert!(svg.contains(">auto (≤ 16)</text>"));
     }
 }

@@ -1,6 +1,7 @@
 //! A small hand-written SVG line chart for the sweeps of `cargo xtask bench`: panels side by
 //! side over one categorical x axis (γ values or draft models), one polyline with markers per
-//! series, a legend under each panel. Written by hand rather than with `plotters` so that the
+//! series, a legend under each panel; categories at the end of the axis can stand apart (no line
+//! joins them to the others, a dotted rule separates them: `auto` beside the fixed γ values). Written by hand rather than with `plotters` so that the
 //! xtask adds no dependency (and no Cargo.lock entries) for one kind of chart.
 
 use std::fmt::Write;
@@ -38,8 +39,15 @@ const TOP: f64 = 58.0;
 const AXIS_H: f64 = 48.0;
 const LEGEND_ROW: f64 = 18.0;
 
-/// The chart as a standalone SVG document.
-pub fn line_chart(title: &str, x_label: &str, x_ticks: &[String], panels: &[Panel]) -> String {
+/// The chart as a standalone SVG document. With `apart_from = Some(i)`, the categories from
+/// index `i` on stand apart: lines break before `i` and a dotted vertical rule separates them.
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    x_ticks: &[String],
+    apart_from: Option<usize>,
+    panels: &[Panel],
+) -> String {
     let rows = panels.iter().map(|p| p.series.len()).max().unwrap_or(0) as f64;
     let width = PANEL_W * panels.len().max(1) as f64;
     let height = TOP + PLOT_H + AXIS_H + rows * LEGEND_ROW + 12.0;
@@ -59,13 +67,27 @@ pub fn line_chart(title: &str, x_label: &str, x_ticks: &[String], panels: &[Pane
         escape(title)
     );
     for (i, panel) in panels.iter().enumerate() {
-        draw_panel(&mut svg, PANEL_W * i as f64, x_label, x_ticks, panel);
+        draw_panel(
+            &mut svg,
+            PANEL_W * i as f64,
+            x_label,
+            x_ticks,
+            apart_from,
+            panel,
+        );
     }
     svg.push_str("</svg>\n");
     svg
 }
 
-fn draw_panel(svg: &mut String, x0: f64, x_label: &str, x_ticks: &[String], panel: &Panel) {
+fn draw_panel(
+    svg: &mut String,
+    x0: f64,
+    x_label: &str,
+    x_ticks: &[String],
+    apart_from: Option<usize>,
+    panel: &Panel,
+) {
     let plot_w = PANEL_W - LEFT - RIGHT;
     let (left, top, bottom) = (x0 + LEFT, TOP, TOP + PLOT_H);
     let largest = panel
@@ -146,6 +168,13 @@ fn draw_panel(svg: &mut String, x0: f64, x_label: &str, x_ticks: &[String], pane
         bottom + 36.0,
         escape(x_label)
     );
+    if let Some(i) = apart_from.filter(|&i| i > 0 && i < n) {
+        let x = left + plot_w * i as f64 / n as f64;
+        let _ = writeln!(
+            svg,
+            r##"<line class="apart" x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{bottom}" stroke="#999999" stroke-dasharray="1 4"/>"##
+        );
+    }
     if let Some(r) = panel.reference {
         let _ = writeln!(
             svg,
@@ -179,6 +208,9 @@ fn draw_panel(svg: &mut String, x0: f64, x_label: &str, x_ticks: &[String], pane
             segment.clear();
         };
         for (i, value) in series.values.iter().enumerate() {
+            if Some(i) == apart_from {
+                flush(&mut segment, svg);
+            }
             match value.filter(|v| v.is_finite()) {
                 Some(v) => segment.push(format!("{:.1},{:.1}", x_at(i), y_at(v))),
                 None => flush(&mut segment, svg),
@@ -325,7 +357,13 @@ mod tests {
             },
         ];
         let ticks: Vec<String> = ["1", "2", "4", "8"].iter().map(|s| s.to_string()).collect();
-        let svg = line_chart("γ sweep: pythia-70m → pythia-2.8b", "γ", &ticks, &panels);
+        let svg = line_chart(
+            "γ sweep: pythia-70m → pythia-2.8b",
+            "γ",
+            &ticks,
+            None,
+            &panels,
+        );
         assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
         assert!(svg.trim_end().ends_with("</svg>"));
         let tags = check_tags(&svg);
@@ -340,6 +378,48 @@ mod tests {
             assert!(svg.contains(name), "{name} missing");
         }
         assert!(!svg.contains("NaN"));
+    }
+
+    #[test]
+    fn categories_apart_are_not_joined() {
+        let panel = Panel {
+            title: "speedup".into(),
+            y_label: "×".into(),
+            series: vec![Series {
+                name: "measured".into(),
+                values: vec![Some(1.2), Some(1.5), Some(1.4), Some(1.6)],
+                dashed: false,
+            }],
+            y_max: None,
+            reference: None,
+        };
+        let ticks: Vec<String> = ["1", "2", "4", "auto (≤ 16)"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let svg = line_chart(
+            "γ sweep",
+            "γ",
+            &ticks,
+            Some(3),
+            &[panel.clone(), panel.clone()],
+        );
+        check_tags(&svg);
+        // One polyline per panel over the three fixed γ; the fourth point is a lone marker.
+        let polylines: Vec<&str> = svg.lines().filter(|l| l.contains("<polyline")).collect();
+        assert_eq!(polylines.len(), 2, "{svg}");
+        for line in polylines {
+            let points = line.split('"').nth(1).unwrap();
+            assert_eq!(points.split(' ').count(), 3, "{line}");
+        }
+        assert_eq!(svg.matches("<circle").count(), 8);
+        assert_eq!(svg.matches(r#"class="apart""#).count(), 2);
+        assert!(svg.contains(">auto (≤ 16)</text>"));
+        // Without the split one line joins all four points.
+        let joined = line_chart("γ sweep", "γ", &ticks, None, &[panel]);
+        assert!(!joined.contains("apart"));
+        let line = joined.lines().find(|l| l.contains("<polyline")).unwrap();
+        assert_eq!(line.split('"').nth(1).unwrap().split(' ').count(), 4);
     }
 
     #[test]

@@ -331,7 +331,7 @@ fn a_gamma_sweep_writes_a_plot() {
         xtask(dir.path())
             .arg("bench")
             .args(FAST_BENCH)
-            .args(["0", "--gamma", "1,2", "--prompts", "prompts.txt"])
+            .args(["0", "--gamma", "1,2,auto", "--prompts", "prompts.txt"])
             .args(["--results-dir", "out", "--spedec"])
             .arg(spedec()),
     );
@@ -341,13 +341,16 @@ fn a_gamma_sweep_writes_a_plot() {
         "bench-synthetic-gamma-sweep-pythia-14m-pythia-14m-20",
         ".json",
     ));
-    assert_eq!(r["gammas"], serde_json::json!([1, 2]));
+    assert_eq!(r["gammas"], serde_json::json!([1, 2, "auto"]));
     let points = r["points"].as_array().unwrap();
-    assert_eq!(points.len(), 2);
+    assert_eq!(points.len(), 3);
     assert_eq!(
         (points[0]["gamma"].as_u64(), points[1]["gamma"].as_u64()),
         (Some(1), Some(2))
     );
+    // `--gamma auto` went through to spedec, whose report says so.
+    assert_eq!(points[2]["gamma_auto"], true);
+    assert_eq!(points[1]["gamma_auto"], false);
     assert_eq!(
         points[0]["prompts"],
         serde_json::json!(["The history of the city"])
@@ -355,9 +358,15 @@ fn a_gamma_sweep_writes_a_plot() {
     let md = std::fs::read_to_string(only_file(&results, "bench-synthetic-gamma-sweep-", ".md"))
         .unwrap();
     assert!(md.contains("| synthetic pythia-14m | 2 |"), "{md}");
+    assert!(
+        md.contains("| synthetic pythia-14m | auto (≤ 16) |"),
+        "{md}"
+    );
+    assert!(md.contains("| mean γ (auto) |"), "{md}");
     let svg = std::fs::read_to_string(only_file(&results, "bench-synthetic-gamma-sweep-", ".svg"))
         .unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains(">auto (≤ 16)</text>"), "{svg}");
     for series in [
         "measured speedup (TPOT)",
         "predicted speedup",

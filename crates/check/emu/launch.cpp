@@ -16,6 +16,10 @@ extern "C" int emu_embedding_f16(const unsigned* ids, const f16_t* table, float*
     return emu_launch(M, 1, EMB_THREADS, [=] { embedding_f16(ids, table, out, V, d); });
 }
 
+extern "C" int emu_positions_i32(int* pos, int start, int M) {
+    return emu_launch(1, 1, EMB_THREADS, [=] { positions_i32(pos, start, M); });
+}
+
 extern "C" int emu_add_layernorm_f16(float* x, const f16_t* a, const f16_t* b,
                                       const f16_t* w0, const f16_t* b0, f16_t* o0,
                                       const f16_t* w1, const f16_t* b1, f16_t* o1, int M, int d,
@@ -40,7 +44,8 @@ extern "C" int emu_rotary_kv_f16(const f16_t* qkv, const int* pos, f16_t* q, f16
 extern "C" int emu_attention_f16(const f16_t* q, const f16_t* kc, const f16_t* vc,
                                   const int* pos, float* o_part, float* ml_part, f16_t* out,
                                   int M, int H, int hd, int max_pos, int n_split, float scale) {
-    if (emu_launch(n_split, H, ATT_SPLIT, [=] {
+    const unsigned chunks = (unsigned)((M + ATT_MAX_M - 1) / ATT_MAX_M);
+    if (emu_launch3(n_split, H, chunks, ATT_SPLIT, [=] {
             attn_partial_f16(q, kc, vc, pos, o_part, ml_part, M, H, hd, max_pos, n_split, scale);
         }))
         return 1;
@@ -104,5 +109,25 @@ extern "C" int emu_philox_uniform_f32(unsigned long long seed, unsigned position
                                        float* uniforms, int n) {
     return emu_launch((n + PHILOX_THREADS - 1) / PHILOX_THREADS, 1, PHILOX_THREADS, [=] {
         philox_uniform_f32(seed, position, stream, index, words, uniforms, n);
+    });
+}
+
+// The read-bandwidth probe (probe.cu), with the launch shape of spedec_cuda::probe.
+#include "probe.cu"
+
+extern "C" int emu_read_probe_f16(const uint4* buf, unsigned long long n_vec, unsigned* sums,
+                                   int blocks) {
+    return emu_launch(blocks, 1, PROBE_THREADS,
+                      [=] { read_probe_f16(buf, n_vec, sums, blocks); });
+}
+
+extern "C" int emu_sample_pick_f32(const float* row, float* probs_row, int* token,
+                                    unsigned* draft_input, unsigned* verify_input, int V,
+                                    int greedy, float temperature, int top_k, float top_p,
+                                    unsigned long long seed, unsigned position, unsigned stream,
+                                    unsigned index) {
+    return emu_launch(1, 1, SAMPLE_THREADS, [=] {
+        sample_pick_f32(row, probs_row, token, draft_input, verify_input, V, greedy, temperature,
+                        top_k, top_p, seed, position, stream, index);
     });
 }

@@ -1,9 +1,11 @@
 //! [`CheckBackend`]: what the checks need from a backend beyond what the model's forward
 //! needs — buffers poisoned with NaN (so a kernel that skips a write fails), whether timings
-//! mean anything, and the argmax / softmax kernels the model does not launch yet. Implemented
+//! mean anything, the argmax / softmax kernels the model does not launch yet, and the
+//! read-bandwidth probe. Implemented
 //! here for the device ([`GpuBackend`]) and in [`crate::emulator`] for the host emulation.
 
 use anyhow::Result;
+use half::f16;
 use spedec_cuda::{AttnShape, CudaSlice, Elem, GpuBackend, KernelBackend};
 
 /// Check-only calls, as an extension of [`KernelBackend`].
@@ -21,8 +23,9 @@ pub trait CheckBackend: KernelBackend {
         Ok(buf)
     }
 
-    /// Poison the attention scratch for `shape` (made first if need be), so a combine that
-    /// reads an unwritten split fails.
+    /// Poison the attention scratch for `shape` (made first if need be), and the prefill
+    /// attention scratch where one was prepared, so a combine that reads an unwritten split
+    /// fails.
     fn poison_attention_scratch(&mut self, shape: &AttnShape) -> Result<()>;
 
     /// See `GpuContext::argmax_f32`.
@@ -43,6 +46,15 @@ pub trait CheckBackend: KernelBackend {
         vocab: usize,
         temperature: f32,
     ) -> Result<()>;
+
+    /// See `GpuContext::read_probe_f16`: buf f16 `[len]` (a multiple of 8) read by `blocks`
+    /// blocks into sums u32 `[blocks]`.
+    fn read_probe(
+        &mut self,
+        buf: &Self::Buf<f16>,
+        sums: &mut Self::Buf<u32>,
+        blocks: usize,
+    ) -> Result<()>;
 }
 
 impl CheckBackend for GpuBackend {
@@ -58,7 +70,13 @@ impl CheckBackend for GpuBackend {
         let gpu = self.gpu().clone();
         let (o, ml) = self.attention_scratch(shape)?.buffers_mut();
         gpu.poison(o)?;
-        gpu.poison(ml)
+        gpu.poison(ml)?;
+        if let Some(scratch) = self.prefill_attention_scratch(shape) {
+            let (o, ml) = scratch.buffers_mut();
+            gpu.poison(o)?;
+            gpu.poison(ml)?;
+        }
+        Ok(())
     }
 
     fn argmax(
@@ -80,5 +98,14 @@ impl CheckBackend for GpuBackend {
         temperature: f32,
     ) -> Result<()> {
         self.gpu().softmax_f32(logits, probs, m, vocab, temperature)
+    }
+
+    fn read_probe(
+        &mut self,
+        buf: &CudaSlice<f16>,
+        sums: &mut CudaSlice<u32>,
+        blocks: usize,
+    ) -> Result<()> {
+        self.gpu().read_probe_f16(buf, sums, blocks)
     }
 }

@@ -18,7 +18,10 @@ use half::f16;
 use libloading::Library;
 use spedec_cuda::kernels::consts::ATT_SPLIT;
 use spedec_cuda::linear_tc::{self, consts::LTC128_BM};
-use spedec_cuda::{AttnShape, Elem, KernelBackend, LinDest, LinearKernel, SecondLn};
+use spedec_cuda::{AttnShape, Elem, KernelBackend, LinDest, LinearKernel, PickDest, SecondLn};
+use spedec_cuda::{ATT_PREFILL_ROWS, MAX_ROWS};
+use spedec_sampling::philox::Stream;
+use spedec_sampling::{Sampler, SamplingParams};
 
 use crate::backend::CheckBackend;
 
@@ -78,6 +81,10 @@ static LAUNCH: Mutex<()> = Mutex::new(());
 pub struct HostEmulator {
     lib: Arc<Library>,
     linear_kernel: LinearKernel,
+    /// [`KernelBackend::prefill_attention_rows`]: [`ATT_PREFILL_ROWS`] unless a test lowers it.
+    prefill_attention_rows: usize,
+    /// Attention launch pairs run so far.
+    attention_launches: u64,
 }
 
 fn ok(code: i32, what: &str) -> Result<()> {
@@ -100,7 +107,27 @@ impl HostEmulator {
         Ok(Some(HostEmulator {
             lib: Arc::new(lib),
             linear_kernel: LinearKernel::Simt,
+            prefill_attention_rows: ATT_PREFILL_ROWS,
+            attention_launches: 0,
         }))
+    }
+
+    /// Lower (or restore) the most queries a long prompt's attention puts in one launch pair
+    /// ([`KernelBackend::prefill_attention_rows`], 1..=[`ATT_PREFILL_ROWS`]), so a test on a
+    /// tiny model crosses slice boundaries without a prompt of hundreds of tokens. An
+    /// attention call of more rows (and more than a step's [`MAX_ROWS`]) then fails.
+    pub fn set_prefill_attention_rows(&mut self, rows: usize) -> Result<()> {
+        ensure!(
+            (1..=ATT_PREFILL_ROWS).contains(&rows),
+            "prefill attention rows {rows} not in 1..={ATT_PREFILL_ROWS}"
+        );
+        self.prefill_attention_rows = rows;
+        Ok(())
+    }
+
+    /// Attention launch pairs (`attn_partial_f16` + `attn_combine_f16`) emulated so far.
+    pub fn attention_launches(&self) -> u64 {
+        self.attention_launches
     }
 
     /// The entry point `name` of type `T`, and the launch lock to hold while it runs.
@@ -125,6 +152,21 @@ fn opt<T>(v: Option<&Vec<T>>) -> *const u16 {
 
 impl KernelBackend for HostEmulator {
     type Buf<T: Elem> = Vec<T>;
+
+    /// The emulation runs each launch to completion: a mark is the host clock.
+    type Mark = std::time::Instant;
+
+    fn mark(&mut self) -> Result<std::time::Instant> {
+        Ok(std::time::Instant::now())
+    }
+
+    fn seconds_between(
+        &mut self,
+        from: &std::time::Instant,
+        to: &std::time::Instant,
+    ) -> Result<f64> {
+        Ok(to.saturating_duration_since(*from).as_secs_f64())
+    }
 
     fn upload<T: Elem>(&mut self, host: &[T]) -> Result<Vec<T>> {
         Ok(host.to_vec())
@@ -157,6 +199,23 @@ impl KernelBackend for HostEmulator {
     }
     fn prepare(&mut self, _shape: &AttnShape) -> Result<()> {
         Ok(()) // the attention scratch is made (poisoned) on every call
+    }
+    fn prefill_attention_rows(&self) -> usize {
+        self.prefill_attention_rows
+    }
+
+    fn fill_positions(&mut self, pos: &mut Vec<i32>, start: usize, m: usize) -> Result<()> {
+        ensure!(
+            pos.len() >= m && i32::try_from(start + m).is_ok(),
+            "positions: {m} from {start} into a buffer of {}",
+            pos.len()
+        );
+        let (f, _serial) =
+            self.sym::<unsafe extern "C" fn(*mut i32, i32, i32) -> i32>("emu_positions_i32")?;
+        ok(
+            unsafe { f(pos.as_mut_ptr(), start as i32, m as i32) },
+            "positions",
+        )
     }
 
     fn embedding(
@@ -344,7 +403,18 @@ impl KernelBackend for HostEmulator {
         m: usize,
         s: &AttnShape,
     ) -> Result<()> {
-        ensure!(k_cache.len() == s.cache_len() && (1..=16).contains(&m));
+        let most = self.prefill_attention_rows.max(MAX_ROWS);
+        ensure!(
+            k_cache.len() == s.cache_len()
+                && v_cache.len() == s.cache_len()
+                && (1..=most).contains(&m),
+            "emulated attention of {m} rows: expected 1..={most} and a cache of {}",
+            s.cache_len()
+        );
+        ensure!(
+            q.len() >= m * s.hidden() && pos.len() >= m && out.len() >= m * s.hidden(),
+            "emulated attention of {m} rows: q, pos or out too short"
+        );
         let n_split = s.max_pos.div_ceil(ATT_SPLIT as usize);
         let rows = m * s.heads * n_split;
         let mut o_part: Vec<f32> = self.poisoned(rows * s.head_dim)?;
@@ -381,7 +451,222 @@ impl KernelBackend for HostEmulator {
                 1.0 / (s.head_dim as f32).sqrt(),
             )
         };
+        self.attention_launches += 1;
         ok(r, "attention")
+    }
+
+    /// A slice copy, both ranges checked.
+    fn copy<T: Elem>(
+        &mut self,
+        src: &Vec<T>,
+        src_at: usize,
+        dst: &mut Vec<T>,
+        dst_at: usize,
+        n: usize,
+    ) -> Result<()> {
+        let from = src_at
+            .checked_add(n)
+            .filter(|&e| e <= src.len())
+            .ok_or_else(|| {
+                anyhow!(
+                    "copy: source elements {src_at}.. (+{n}) outside a buffer of {}",
+                    src.len()
+                )
+            })?;
+        let to = dst_at
+            .checked_add(n)
+            .filter(|&e| e <= dst.len())
+            .ok_or_else(|| {
+                anyhow!(
+                    "copy: destination elements {dst_at}.. (+{n}) outside a buffer of {}",
+                    dst.len()
+                )
+            })?;
+        dst[dst_at..to].copy_from_slice(&src[src_at..from]);
+        Ok(())
+    }
+
+    fn sample_process(
+        &mut self,
+        logits: &Vec<f32>,
+        probs: &mut Vec<f32>,
+        m: usize,
+        vocab: usize,
+        params: &SamplingParams,
+    ) -> Result<()> {
+        params.validate()?;
+        ensure!(
+            m > 0 && vocab > 0 && vocab <= i32::MAX as usize,
+            "emulated sample_process: m {m}, vocab {vocab}"
+        );
+        ensure!(logits.len() >= m * vocab && probs.len() >= m * vocab);
+        let top_k = if params.top_k >= vocab {
+            0
+        } else {
+            params.top_k as i32
+        };
+        let (f, _serial) =
+            self.sym::<unsafe extern "C" fn(*const f32, *mut f32, i32, i32, f32, i32, f32) -> i32>(
+                "emu_sample_process_f32",
+            )?;
+        let r = unsafe {
+            f(
+                logits.as_ptr(),
+                probs.as_mut_ptr(),
+                m as i32,
+                vocab as i32,
+                params.temperature,
+                top_k,
+                params.top_p,
+            )
+        };
+        ok(r, "sample_process")
+    }
+
+    fn spec_verify(
+        &mut self,
+        target: &Vec<f32>,
+        draft: Option<&Vec<f32>>,
+        drafts: &Vec<i32>,
+        out: &mut Vec<i32>,
+        gamma: usize,
+        vocab: usize,
+        seed: u64,
+        position: u32,
+        index: u32,
+    ) -> Result<()> {
+        ensure!(vocab > 0 && target.len() >= (gamma + 1) * vocab);
+        ensure!(draft.is_none_or(|q| q.len() >= gamma * vocab));
+        ensure!(drafts.len() >= gamma && out.len() >= gamma + 2);
+        let (f, _serial) = self.sym::<unsafe extern "C" fn(
+            *const f32,
+            *const f32,
+            *const i32,
+            *mut i32,
+            i32,
+            i32,
+            i32,
+            u64,
+            u32,
+            u32,
+        ) -> i32>("emu_spec_verify_f32")?;
+        let q = draft.map_or(std::ptr::null(), |q| q.as_ptr());
+        let r = unsafe {
+            f(
+                target.as_ptr(),
+                q,
+                drafts.as_ptr(),
+                out.as_mut_ptr(),
+                gamma as i32,
+                vocab as i32,
+                i32::from(draft.is_none()),
+                seed,
+                position,
+                index,
+            )
+        };
+        ok(r, "spec_verify")
+    }
+
+    fn sample_pick(
+        &mut self,
+        logits: &Vec<f32>,
+        row: usize,
+        probs: Option<(&mut Vec<f32>, usize)>,
+        dest: PickDest<'_, Self>,
+        vocab: usize,
+        sampler: &Sampler,
+        seed: u64,
+        position: u32,
+        stream: Stream,
+        index: u32,
+    ) -> Result<()> {
+        ensure!(
+            vocab > 0 && vocab <= i32::MAX as usize,
+            "emulated sample_pick: vocab {vocab}"
+        );
+        let row_at = |what: &str, len: usize, r: usize| -> Result<usize> {
+            r.checked_mul(vocab)
+                .filter(|&s| s.checked_add(vocab).is_some_and(|e| e <= len))
+                .ok_or_else(|| {
+                    anyhow!("sample_pick {what}: row {r} of {vocab} outside a buffer of {len}")
+                })
+        };
+        let elem_at = |what: &str, len: usize, at: usize| -> Result<usize> {
+            ensure!(
+                at < len,
+                "sample_pick {what}: element {at} outside a buffer of {len}"
+            );
+            Ok(at)
+        };
+        let l_at = row_at("logits", logits.len(), row)?;
+        let (greedy, temperature, top_k, top_p) = match sampler {
+            Sampler::Greedy => (1, 1.0, 0, 1.0),
+            Sampler::Random(p) => {
+                p.validate()?;
+                let k = if p.top_k >= vocab { 0 } else { p.top_k as i32 };
+                (0, p.temperature, k, p.top_p)
+            }
+        };
+        let probs_ptr = match (probs, greedy) {
+            (_, 1) => std::ptr::null_mut(),
+            (Some((buf, r)), _) => {
+                let at = row_at("probs", buf.len(), r)?;
+                // SAFETY: row `r` lies in the buffer (checked above).
+                unsafe { buf.as_mut_ptr().add(at) }
+            }
+            (None, _) => bail!("sample_pick: random sampling needs a probs row"),
+        };
+        let t_at = elem_at("token", dest.token.0.len(), dest.token.1)?;
+        let in_ptr = |d: Option<(&mut Vec<u32>, usize)>, what: &str| -> Result<*mut u32> {
+            Ok(match d {
+                Some((buf, at)) => {
+                    let at = elem_at(what, buf.len(), at)?;
+                    // SAFETY: element `at` lies in the buffer (checked above).
+                    unsafe { buf.as_mut_ptr().add(at) }
+                }
+                None => std::ptr::null_mut(),
+            })
+        };
+        let d_ptr = in_ptr(dest.draft_input, "draft_input")?;
+        let v_ptr = in_ptr(dest.verify_input, "verify_input")?;
+        type F = unsafe extern "C" fn(
+            *const f32,
+            *mut f32,
+            *mut i32,
+            *mut u32,
+            *mut u32,
+            i32,
+            i32,
+            f32,
+            i32,
+            f32,
+            u64,
+            u32,
+            u32,
+            u32,
+        ) -> i32;
+        let (f, _serial) = self.sym::<F>("emu_sample_pick_f32")?;
+        // SAFETY: every pointer addresses checked elements of a live, distinct buffer.
+        let r = unsafe {
+            f(
+                logits.as_ptr().add(l_at),
+                probs_ptr,
+                dest.token.0.as_mut_ptr().add(t_at),
+                d_ptr,
+                v_ptr,
+                vocab as i32,
+                greedy,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                position,
+                stream.id(),
+                index,
+            )
+        };
+        ok(r, "sample_pick")
     }
 }
 
@@ -523,48 +808,35 @@ impl CheckBackend for HostEmulator {
             "softmax",
         )
     }
+
+    fn read_probe(&mut self, buf: &Vec<f16>, sums: &mut Vec<u32>, blocks: usize) -> Result<()> {
+        let n_vec = spedec_cuda::probe::probe_vectors(buf.len())?;
+        ensure!(
+            blocks > 0 && blocks <= i32::MAX as usize && sums.len() >= blocks,
+            "read_probe: {blocks} blocks into {} sums",
+            sums.len()
+        );
+        // A Vec<f16> is only 2-byte aligned; the kernel reads 16-byte vectors.
+        let mut words = vec![[0u32; 4]; n_vec as usize];
+        for (w, v) in words.iter_mut().zip(buf.chunks_exact(8)) {
+            for (j, x) in w.iter_mut().enumerate() {
+                *x = u32::from(v[2 * j].to_bits()) | (u32::from(v[2 * j + 1].to_bits()) << 16);
+            }
+        }
+        let (f, _serial) = self
+            .sym::<unsafe extern "C" fn(*const [u32; 4], u64, *mut u32, i32) -> i32>(
+                "emu_read_probe_f16",
+            )?;
+        ok(
+            unsafe { f(words.as_ptr(), n_vec, sums.as_mut_ptr(), blocks as i32) },
+            "read_probe",
+        )
+    }
 }
 
 /// The device sampler (`kernels/sampling.cu`) under emulation, with the launch shapes of
 /// `spedec_cuda::sampling_ops`.
 impl crate::sampler::SamplerBackend for HostEmulator {
-    fn sample_process(
-        &mut self,
-        logits: &Vec<f32>,
-        probs: &mut Vec<f32>,
-        m: usize,
-        vocab: usize,
-        params: &spedec_sampling::SamplingParams,
-    ) -> Result<()> {
-        params.validate()?;
-        ensure!(
-            m > 0 && vocab > 0 && vocab <= i32::MAX as usize,
-            "emulated sample_process: m {m}, vocab {vocab}"
-        );
-        ensure!(logits.len() >= m * vocab && probs.len() >= m * vocab);
-        let top_k = if params.top_k >= vocab {
-            0
-        } else {
-            params.top_k as i32
-        };
-        let (f, _serial) =
-            self.sym::<unsafe extern "C" fn(*const f32, *mut f32, i32, i32, f32, i32, f32) -> i32>(
-                "emu_sample_process_f32",
-            )?;
-        let r = unsafe {
-            f(
-                logits.as_ptr(),
-                probs.as_mut_ptr(),
-                m as i32,
-                vocab as i32,
-                params.temperature,
-                top_k,
-                params.top_p,
-            )
-        };
-        ok(r, "sample_process")
-    }
-
     fn sample_draw(
         &mut self,
         probs: &Vec<f32>,
@@ -600,51 +872,6 @@ impl crate::sampler::SamplerBackend for HostEmulator {
             )
         };
         ok(r, "sample_draw")
-    }
-
-    fn spec_verify(
-        &mut self,
-        target: &Vec<f32>,
-        draft: Option<&Vec<f32>>,
-        drafts: &Vec<i32>,
-        out: &mut Vec<i32>,
-        gamma: usize,
-        vocab: usize,
-        seed: u64,
-        position: u32,
-        index: u32,
-    ) -> Result<()> {
-        ensure!(vocab > 0 && target.len() >= (gamma + 1) * vocab);
-        ensure!(draft.is_none_or(|q| q.len() >= gamma * vocab));
-        ensure!(drafts.len() >= gamma && out.len() >= gamma + 2);
-        let (f, _serial) = self.sym::<unsafe extern "C" fn(
-            *const f32,
-            *const f32,
-            *const i32,
-            *mut i32,
-            i32,
-            i32,
-            i32,
-            u64,
-            u32,
-            u32,
-        ) -> i32>("emu_spec_verify_f32")?;
-        let q = draft.map_or(std::ptr::null(), |q| q.as_ptr());
-        let r = unsafe {
-            f(
-                target.as_ptr(),
-                q,
-                drafts.as_ptr(),
-                out.as_mut_ptr(),
-                gamma as i32,
-                vocab as i32,
-                i32::from(draft.is_none()),
-                seed,
-                position,
-                index,
-            )
-        };
-        ok(r, "spec_verify")
     }
 
     fn philox(

@@ -7,6 +7,7 @@ use anyhow::Result;
 use spedec_cuda::GpuContext;
 use spedec_neox::cuda_model::{shared_gpu, GraphStats};
 use spedec_neox::{Config, CpuModel, CudaModel, CudaOptions, Isa, Lm, ModelFiles, Weights};
+use spedec_speculative::{generate_speculative_on, GammaChoice, GenConfig, Generation};
 
 use crate::options::{LinearKernel, Options};
 use crate::report::Lines;
@@ -121,6 +122,14 @@ impl Model {
         }
     }
 
+    /// The CUDA model, if this is one.
+    pub fn cuda_mut(&mut self) -> Option<&mut CudaModel> {
+        match self {
+            Model::Cuda(m) => Some(m.as_mut()),
+            Model::Cpu(_) => None,
+        }
+    }
+
     /// Bytes of weights one decode step reads on this device.
     pub fn bytes_per_token(&self) -> usize {
         match self {
@@ -128,6 +137,22 @@ impl Model {
             Model::Cpu(m) => m.weights().bytes_per_token(),
         }
     }
+}
+
+/// A speculative generation with the steps on the device (`CudaModel::device_spec`), or
+/// `None` where either model is on the CPU.
+pub fn generate_on_device(
+    target: &mut Model,
+    draft: &mut Model,
+    prompt: &[u32],
+    cfg: &GenConfig,
+    gamma: &GammaChoice,
+) -> Result<Option<Generation>> {
+    let (Some(t), Some(d)) = (target.cuda_mut(), draft.cuda_mut()) else {
+        return Ok(None);
+    };
+    let mut engine = t.device_spec(d)?;
+    generate_speculative_on(&mut engine, prompt, cfg, gamma).map(Some)
 }
 
 /// Deterministic pseudo-random token ids in `0..vocab.min(50277)` (real Pythia token ids).

@@ -4,7 +4,9 @@
 //! For each model (70m, 2.8b) and each row count M (1, 5, 16): random inputs, outputs
 //! poisoned with NaN (0xFF bytes) before each run, comparison by `|a − b| <= atol + rtol·|ref|`
 //! with the largest differences reported, and a timing of the same launch. Batch invariance:
-//! rows 0 and 4 of an M = 5 call must be bit-identical to M = 1 calls on those rows alone.
+//! rows 0 and 4 of an M = 5 call must be bit-identical to M = 1 calls on those rows alone,
+//! and every row of a long prompt's attention slice (M = [`ATT_PREFILL_CHECK_ROWS`], three
+//! query chunks in one launch pair) to M = 1 calls.
 //! The tensor-core linear (`linear_tc.cu`) runs at M = 1, 5, 16, 128 ([`TC_ROWS`]), timed
 //! against the CUDA-core one, with bit-exact invariance across its two block shapes.
 
@@ -15,7 +17,7 @@ use std::time::Instant;
 use anyhow::{ensure, Result};
 use half::f16;
 
-use spedec_cuda::{AttnShape, GpuBackend, GpuContext, LinDest, LinearKernel};
+use spedec_cuda::{AttnShape, GpuBackend, GpuContext, LinDest, LinearKernel, MAX_ROWS};
 
 use crate::backend::CheckBackend;
 use crate::compare::compare;
@@ -339,7 +341,44 @@ pub fn run_checks_on<B: CheckBackend>(b: &mut B, opts: &CheckOptions) -> Result<
     if let Some(model) = opts.models.last() {
         check_vocab(b, &mut rng, model.vocab, opts, &mut out)?;
     }
+    check_read_probe(b, opts.seed, &mut out)?;
     Ok(out)
+}
+
+/// The read-bandwidth probe (`probe.cu`): per-block sums of random f16 bits, exactly equal to
+/// the CPU's, over a buffer that is not a whole number of grid strides, at 1, 3 and 7 blocks
+/// (the sums buffer poisoned first, so a block that writes nothing fails).
+fn check_read_probe<B: CheckBackend>(
+    b: &mut B,
+    seed: u64,
+    out: &mut Vec<CheckResult>,
+) -> Result<()> {
+    let mut rng = Rng(seed ^ 0x9e0b_e5ad);
+    let n_vec = 5 * spedec_cuda::kernels::consts::PROBE_THREADS as usize + 3;
+    let host: Vec<f16> = (0..n_vec * 8)
+        .map(|_| f16::from_bits(rng.next_u64() as u16))
+        .collect();
+    let buf = b.upload(&host)?;
+    for blocks in [1, 3, 7] {
+        let mut sums = b.poisoned::<u32>(blocks)?;
+        b.read_probe(&buf, &mut sums, blocks)?;
+        let got = b.download(&sums)?;
+        let want = cpu::read_probe_sums(&host, blocks);
+        let differing = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+        let total = want.iter().fold(0u32, |a, &w| a.wrapping_add(w));
+        out.push(CheckResult {
+            name: "read_probe_f16".into(),
+            shape: format!("{n_vec} vectors [{}], {blocks} blocks", n_vec * 8),
+            max_abs: differing as f64,
+            max_rel: 0.0,
+            atol: 0.0,
+            rtol: 0.0,
+            pass: differing == 0 && got.len() == want.len(),
+            time_us: None,
+            note: format!("{differing} block sums differ (exact u32; total {total:#010x})"),
+        });
+    }
+    Ok(())
 }
 
 fn check_embedding<B: CheckBackend>(
@@ -1029,6 +1068,12 @@ struct AttnParams<B: CheckBackend> {
     v_f: Vec<f32>,
 }
 
+/// Queries of the long-prompt attention check: three chunks of 16 (16 + 16 + 8) in one
+/// `attention_rows` launch pair.
+pub const ATT_PREFILL_CHECK_ROWS: usize = 40;
+
+/// One attention call on `q` (f16 [m, H, hd]) at `pos` (m = `pos.len()`): a step's
+/// `attention` up to [`MAX_ROWS`] queries, a prefill slice's `attention_rows` above.
 fn run_attention<B: CheckBackend>(
     b: &mut B,
     a: &AttnParams<B>,
@@ -1042,12 +1087,20 @@ fn run_attention<B: CheckBackend>(
     let qd = b.upload(q)?;
     let pd = b.upload(&pos_i)?;
     let mut o = b.poisoned::<f16>(m * shape.hidden())?;
+    if m > MAX_ROWS {
+        b.prepare_prefill(shape, m)?;
+    }
     b.poison_attention_scratch(shape)?;
-    b.attention(&qd, &a.k, &a.v, &pd, &mut o, m, shape)?;
+    let call = |b: &mut B, o: &mut B::Buf<f16>| {
+        if m > MAX_ROWS {
+            b.attention_rows(&qd, &a.k, &a.v, &pd, o, 0, m, shape)
+        } else {
+            b.attention(&qd, &a.k, &a.v, &pd, o, m, shape)
+        }
+    };
+    call(b, &mut o)?;
     let got = b.download(&o)?;
-    let t = time_it(b, reps, |b| {
-        b.attention(&qd, &a.k, &a.v, &pd, &mut o, m, shape)
-    })?;
+    let t = time_it(b, reps, |b| call(b, &mut o))?;
     Ok((got, t))
 }
 
@@ -1117,6 +1170,58 @@ fn check_attention<B: CheckBackend>(
             &bits_f16(&o1),
         ));
     }
+    // A long prompt's slice: M = 40 queries (3 query chunks) across a split boundary, against
+    // the CPU reference and, bit for bit, against each query alone.
+    let m = ATT_PREFILL_CHECK_ROWS;
+    let split = spedec_cuda::kernels::consts::ATT_SPLIT as usize;
+    let boundary = (filled - m / 2) / split * split; // the last split start with room around it
+    let start = boundary.saturating_sub(m / 2);
+    let pos: Vec<usize> = (start..start + m).collect();
+    let (qh, qf) = rng.f16s(m * h * hd, 4.0, 0.0);
+    let (got, t) = run_attention(b, &a, &qh, &pos, opts.timing_reps)?;
+    let want = cpu::attention(&qf, &a.k_f, &a.v_f, &pos, h, hd, mp);
+    let sh = format!(
+        "{} M={m} pos {start}..={} [{h}x{hd}]",
+        model.name,
+        start + m - 1
+    );
+    out.push(result(
+        "attention_f16 prefill slice",
+        sh.clone(),
+        &to_f32(&got),
+        &want,
+        1e-3,
+        2e-3,
+        t,
+        String::new(),
+    ));
+    let width = h * hd;
+    let (mut rows_differing, mut elems_differing) = (0, 0);
+    for row in 0..m {
+        let r = row * width..(row + 1) * width;
+        let (o1, _) = run_attention(b, &a, &qh[r.clone()], &pos[row..row + 1], 0)?;
+        let n = bits_f16(&got[r])
+            .iter()
+            .zip(bits_f16(&o1))
+            .filter(|(x, y)| **x != *y)
+            .count();
+        rows_differing += usize::from(n > 0);
+        elems_differing += n;
+    }
+    out.push(CheckResult {
+        name: "attention_f16 prefill slice batch-invariance".into(),
+        shape: sh,
+        max_abs: 0.0,
+        max_rel: 0.0,
+        atol: 0.0,
+        rtol: 0.0,
+        pass: elems_differing == 0 && got.len() == m * width,
+        time_us: None,
+        note: format!(
+            "all {m} rows of M={m} vs M=1: {rows_differing} rows ({elems_differing} elements) \
+             differ in bits"
+        ),
+    });
     Ok(())
 }
 

@@ -11,6 +11,10 @@
 //!   (`kernels/sampling.cu`) — its CPU reference (the CPU sampler with the device's Philox
 //!   uniforms), its calls on a backend, and its self-check (part of [`kernels::run_checks`]).
 //! - [`compare`], [`fixtures`]: the one logits comparison, and the HF golden fixtures.
+//! - [`distribution`]: the χ² goodness-of-fit of sampled token sequences against an exact
+//!   distribution (the speculative-sampling checks).
+//! - [`device_bench`]: GPU timings against references: the read-bandwidth probe and our
+//!   linears against cuBLAS with the weights rotated past the L2.
 //! - `spedec gpu-check`'s harness: [`run`] with [`Options`]; the sections live in
 //!   `sections/` and build on [`env`] and [`report`] below them.
 //!
@@ -18,21 +22,22 @@
 //! Sections (each can run alone, in its own process, so a crash in one cannot take the
 //! others down; `scripts/gpu-check.sh` does that):
 //! - `kernels`: every kernel against its CPU reference at Pythia-70m / 2.8b shapes
-//!   ([`kernels::run_checks`]);
+//!   ([`kernels::run_checks`]), and our linears against cuBLAS with the weights rotated past
+//!   the L2 ([`device_bench::linears_vs_cublas`]);
 //! - `logits`: CUDA vs CPU logits on the fixture models and `synthetic:pythia-70m`, and vs
 //!   the fixtures' HF goldens;
 //! - `consistency`: prefill vs token-by-token vs truncate + re-decode, and graphs vs direct
 //!   launches, bit-identical on CUDA;
 //! - `speculative`: greedy speculative == greedy autoregressive token for token (2.8b
 //!   target with 70m draft, and self-draft with acceptance exactly 1);
-//! - `timing`: copy bandwidth, decode / verify / prefill step times against the bandwidth
+//! - `timing`: copy and read bandwidth ([`device_bench::read_bandwidth`], the floor), decode / verify / prefill step times against the bandwidth
 //!   floor, a speculative run end to end and Leviathan's predicted speedups;
 //! - `hf` (with an HF folder): logits and speed against HF transformers on shared weights
 //!   (the folder `scripts/hf_reference.py` writes).
 //!
 //! Every check sends a PASS / FAIL (timings INFO) line to the caller's [`Lines`] at once and
-//! lands in `OUT/gpu-check-<section>.json`; the merge `OUT/gpu-check.json` and a short table
-//! come last. Without a CUDA device [`run`] returns [`Ran::Skipped`]; on the CPU it runs the
+//! lands in `OUT/gpu-check-<section>.json`; the merge `OUT/gpu-check.json`, a short table and
+//! `OUT/gpu-check.md` (that table and the linears-vs-cuBLAS table) come last. Without a CUDA device [`run`] returns [`Ran::Skipped`]; on the CPU it runs the
 //! same harness on the CPU model (a dry run of the checks themselves).
 //!
 //! Tolerances: CUDA logits are compared with `|a − b| <= atol + rtol·|ref|`,
@@ -45,6 +50,8 @@
 
 pub mod backend;
 pub mod compare;
+pub mod device_bench;
+pub mod distribution;
 pub mod emulator;
 pub mod env;
 pub mod fixtures;
@@ -129,11 +136,14 @@ pub fn run(args: Options, lines: Lines) -> Result<Ran> {
 
 fn finish(args: &Options, names: &[String], lines: &Lines) -> Result<Ran> {
     let merged = merge(&args.out, names)?;
+    let md = args.out.join("gpu-check.md");
+    spedec_report::write_atomic(&md, report::markdown(&merged).as_bytes())?;
     lines(summary_table(&merged).trim_end());
     lines(&format!(
         "results: {}",
         args.out.join("gpu-check.json").display()
     ));
+    lines(&format!("tables: {}", md.display()));
     if !merged.all_passed {
         bail!(
             "gpu-check: {} check(s) failed, {} section(s) missing",
@@ -159,7 +169,10 @@ fn run_section(env: &Env, s: Section) -> Result<()> {
         Section::Kernels => sections::correctness::kernels(env, &mut rec),
         Section::Logits => sections::correctness::logits(env, &mut rec),
         Section::Consistency => sections::correctness::consistency(env, &mut rec),
-        Section::Speculative => sections::correctness::speculative(env, &mut rec),
+        Section::Speculative => {
+            sections::correctness::speculative(env, &mut rec);
+            sections::sampled::sampled(env, &mut rec);
+        }
         Section::Timing => sections::timing::timing(env, &mut rec),
         Section::Hf => sections::hf::hf(env, &mut rec),
     }

@@ -232,6 +232,22 @@ pub fn softmax(row: &[f32], temperature: f32) -> Vec<f32> {
     e.iter().map(|&v| (v / sum) as f32).collect()
 }
 
+/// The read-bandwidth probe (`probe.cu`) over buf f16 `[len]` (len a multiple of 8) with
+/// `blocks` blocks: u32 `[blocks]`, the wrapping sum of the 32-bit words (two f16, the lower
+/// index in the low half) of the 16-byte vectors each block reads
+/// (`spedec_cuda::probe::probe_block_of`).
+pub fn read_probe_sums(buf: &[half::f16], blocks: usize) -> Vec<u32> {
+    let mut sums = vec![0u32; blocks];
+    for (i, v) in buf.chunks_exact(8).enumerate() {
+        let b = spedec_cuda::probe::probe_block_of(i as u64, blocks);
+        for pair in v.chunks_exact(2) {
+            let w = u32::from(pair[0].to_bits()) | (u32::from(pair[1].to_bits()) << 16);
+            sums[b] = sums[b].wrapping_add(w);
+        }
+    }
+    sums
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +362,26 @@ mod tests {
         // Query 0 sees key 0 only → 10; query 1 sees both with weights 1:3 → 17.5.
         let out = attention(&[1.0, 1.0], &k, &v, &[0, 1], 1, 1, 4);
         assert!(close(&out, &[10.0, 17.5], 1e-5), "{out:?}");
+    }
+
+    #[test]
+    fn read_probe_sums_by_block() {
+        use half::f16;
+        let t = spedec_cuda::kernels::consts::PROBE_THREADS as usize;
+        // 3t vectors of ones-bits (word 0x0001_0001) over two blocks: block 0 reads vectors
+        // 0..t and 2t..3t, block 1 reads t..2t; 4 words per vector.
+        let buf = vec![f16::from_bits(1); 3 * t * 8];
+        let s = read_probe_sums(&buf, 2);
+        assert_eq!(
+            s,
+            vec![
+                (2 * t * 4 * 0x0001_0001) as u32,
+                (t * 4 * 0x0001_0001) as u32
+            ]
+        );
+        // Wrapping: 0xffff halves give words 0xffff_ffff = −1 each.
+        let buf = vec![f16::from_bits(0xffff); 16];
+        assert_eq!(read_probe_sums(&buf, 1), vec![8u32.wrapping_neg()]);
     }
 
     #[test]

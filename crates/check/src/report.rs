@@ -291,6 +291,34 @@ pub fn summary_table(m: &Merged) -> String {
     s
 }
 
+/// The Markdown summary `gpu-check.md`: the short table, then the linears-against-cuBLAS
+/// table of any section that carries its rows (`data.rows` of
+/// [`spedec_report::kernels::LinearVsCublas`]) and the bandwidth lines of the timing section.
+pub fn markdown(m: &Merged) -> String {
+    let mut s = String::from("# spedec gpu-check\n\n```\n");
+    s.push_str(summary_table(m).trim());
+    s.push_str("\n```\n");
+    for r in &m.sections {
+        for c in &r.checks {
+            if c.name.contains("bandwidth") {
+                let _ = write!(s, "\n- {} ({}): {}\n", c.name, r.section, c.detail);
+            }
+            let rows: Option<Vec<spedec_report::kernels::LinearVsCublas>> = c
+                .data
+                .get("rows")
+                .and_then(|v| serde_json::from_value(v.clone()).ok());
+            if let Some(rows) = rows.filter(|r| !r.is_empty()) {
+                let _ = write!(s, "\n## {} ({})\n\n", c.name, r.device);
+                if let Some(call) = c.data.get("cublas_call").and_then(|v| v.as_str()) {
+                    let _ = writeln!(s, "cuBLAS: {call}.\n");
+                }
+                s.push_str(&spedec_report::kernels::linear_table_md(&rows));
+            }
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,5 +329,54 @@ mod tests {
         assert_eq!((s.median, s.min, s.max, s.n), (2.5, 1.0, 10.0, 4));
         assert_eq!(ms(&s), "2.500 ms [1.000–10.000, n=4]");
         assert!(summarize(&[]).is_err());
+    }
+
+    #[test]
+    fn markdown_carries_the_linear_rows() {
+        let row = spedec_report::kernels::LinearVsCublas::new(
+            "70m",
+            "qkv",
+            (1, 1536, 512),
+            "simt",
+            4.0,
+            Some(3.0),
+            (2, false),
+            171,
+        );
+        let check = |name: &str, data: Value| Check {
+            section: "kernels".into(),
+            name: name.into(),
+            status: Status::Info,
+            detail: "d".into(),
+            data,
+            seconds: 0.0,
+        };
+        let merged = Merged {
+            sections: vec![SectionReport {
+                section: "kernels".into(),
+                device: "H200".into(),
+                complete: true,
+                seconds: 1.0,
+                checks: vec![
+                    check(
+                        "linears vs cuBLAS",
+                        serde_json::json!({ "rows": [row], "cublas_call": "gemm" }),
+                    ),
+                    check("read bandwidth", Value::Null),
+                ],
+            }],
+            missing: vec![],
+            passed: 0,
+            failed: 0,
+            info: 2,
+            all_passed: true,
+        };
+        let md = markdown(&merged);
+        assert!(md.contains("## linears vs cuBLAS (H200)"), "{md}");
+        assert!(
+            md.contains("| 70m qkv [1536×512] | 1 | simt | 4.0 | 3.0 | 1.33 |"),
+            "{md}"
+        );
+        assert!(md.contains("- read bandwidth (kernels): d"), "{md}");
     }
 }

@@ -1,5 +1,5 @@
-//! The device sampler against the CPU sampler: comparisons (processing, draws, the
-//! speculative decision, Philox words), the logits rows they run on (random and adversarial)
+//! The device sampler against the CPU sampler: comparisons (processing, draws, one row's
+//! pick, the speculative decision, Philox words), the logits rows they run on (random and adversarial)
 //! and the self-check [`run_sampler_checks_on`] that `kernels::run_checks` runs on a GPU at
 //! V = 50304 and `tests/sampler_emulation.rs` runs on the host emulation.
 //!
@@ -14,6 +14,7 @@
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
+use spedec_cuda::PickDest;
 use spedec_sampling::philox::{philox4x32_10, philox_key, uniform_from_u32, Stream};
 use spedec_sampling::{process, Rng, Sampler, SamplingParams};
 
@@ -437,6 +438,91 @@ pub fn near_row(rng: &mut Rng, target: &[f32], sigma: f64) -> Vec<f32> {
         .collect()
 }
 
+/// [`KernelBackend::sample_pick`] on each of the `rows` rows of `t_dev` (row r at position
+/// `position + r`, stream First, as `sample_draw` numbers rows), routed to three buffers at
+/// index r: the tokens must equal `want` and the routed ids the tokens, and (random) each
+/// processed row must be bit-identical to `want_probs` (`sample_process`'s rows).
+#[allow(clippy::too_many_arguments)]
+fn pick_line<B: SamplerBackend>(
+    b: &mut B,
+    t_dev: &B::Buf<f32>,
+    rows: usize,
+    vocab: usize,
+    sampler: &Sampler,
+    seed: u64,
+    position: u32,
+    index: u32,
+    want: &[i32],
+    want_probs: Option<&[f32]>,
+    shape: String,
+    timing_reps: usize,
+) -> Result<CheckResult> {
+    let mut probs = b.poisoned::<f32>(rows * vocab)?;
+    let mut toks = b.poisoned::<i32>(rows)?;
+    let mut draft_in = b.poisoned::<u32>(rows)?;
+    let mut verify_in = b.poisoned::<u32>(rows)?;
+    let random = matches!(sampler, Sampler::Random(_));
+    let mut pick_all = |b: &mut B| -> Result<()> {
+        for r in 0..rows {
+            b.sample_pick(
+                t_dev,
+                r,
+                random.then_some((&mut probs, r)),
+                PickDest {
+                    token: (&mut toks, r),
+                    draft_input: Some((&mut draft_in, r)),
+                    verify_input: Some((&mut verify_in, r)),
+                },
+                vocab,
+                sampler,
+                seed,
+                position + r as u32,
+                Stream::First,
+                index,
+            )?;
+        }
+        Ok(())
+    };
+    pick_all(b)?;
+    let t = timed(b, timing_reps, &mut pick_all)?.map(|us| us / rows as f64);
+    let got = b.download(&toks)?;
+    let ids_d = b.download(&draft_in)?;
+    let ids_v = b.download(&verify_in)?;
+    let routed = got
+        .iter()
+        .zip(ids_d.iter().zip(&ids_v))
+        .all(|(&t, (&d, &v))| t >= 0 && d == t as u32 && v == t as u32);
+    let mut differing_bits = 0usize;
+    if let Some(w) = want_probs {
+        let p = b.download(&probs)?;
+        differing_bits = p
+            .iter()
+            .zip(w)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+    }
+    let equal = got.iter().zip(want).filter(|(a, b)| a == b).count();
+    let pass = equal == rows && routed && differing_bits == 0;
+    let mut r = line(
+        "sample_pick_f32",
+        shape,
+        pass,
+        0.0,
+        0.0,
+        format!(
+            "{equal}/{rows} tokens as {}, ids routed: {routed}, {differing_bits} processed \
+             probabilities differ in bits from sample_process_f32 (device {got:?}, want {want:?})",
+            if random {
+                "sample_draw_f32"
+            } else {
+                "the CPU argmax"
+            }
+        ),
+    );
+    r.time_us = t;
+    Ok(r)
+}
+
 /// The sampler self-check: for each of [`check_samplers`], `gamma + 1` target rows and
 /// `gamma` draft rows of `vocab` entries — processing, draws and the verify decision on the
 /// device against the CPU — and the Philox words. `timing_reps > 0` times the launches.
@@ -491,7 +577,27 @@ pub fn run_sampler_checks_on<B: SamplerBackend>(
         )?;
         let mut rows_at_boundary = false;
         let (p_dev, q_proc) = match &sampler {
-            Sampler::Greedy => (None, None),
+            Sampler::Greedy => {
+                let want = target
+                    .chunks(vocab)
+                    .map(|row| spedec_sampling::argmax(row).map(|t| t as i32))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                out.push(pick_line(
+                    b,
+                    &t_dev,
+                    rows,
+                    vocab,
+                    &sampler,
+                    seed,
+                    position,
+                    index,
+                    &want,
+                    None,
+                    shape.clone(),
+                    timing_reps,
+                )?);
+                (None, None)
+            }
             Sampler::Random(params) => {
                 let mut p = b.poisoned::<f32>(rows * vocab)?;
                 b.sample_process(&t_dev, &mut p, rows, vocab, params)?;
@@ -568,6 +674,20 @@ pub fn run_sampler_checks_on<B: SamplerBackend>(
                 );
                 r.time_us = t;
                 out.push(r);
+                out.push(pick_line(
+                    b,
+                    &t_dev,
+                    rows,
+                    vocab,
+                    &sampler,
+                    seed,
+                    position,
+                    index,
+                    &got,
+                    Some(&probs),
+                    shape.clone(),
+                    timing_reps,
+                )?);
 
                 let mut q = b.poisoned::<f32>(gamma * vocab)?;
                 b.sample_process(&q_dev, &mut q, gamma, vocab, params)?;

@@ -4,6 +4,8 @@
 //! tensor-core on the parallel one). Checks, on a tiny synthetic model: a prefill of
 //! P ∈ {17, 40} rows — 40 also over several layer-major chunks of a smaller chunk size —
 //! gives logits bit-identical to token-by-token decoding and to 16-row steps, for every row;
+//! the attention of 40 rows runs as one launch pair a layer (three 16-query chunks), and,
+//! with the backend's slice lowered to 24 queries, as two with the same bits;
 //! `forward_last` gives the bits of the last row; a prefill after a rollback still matches;
 //! and the logits stay within the f16 tolerance of the CPU model. Prints `skipped: no C++
 //! compiler` where the emulation cannot be built.
@@ -12,7 +14,7 @@ mod support;
 
 use spedec_check::compare::compare;
 use spedec_check::emulator::HostEmulator;
-use spedec_cuda::LinearKernel;
+use spedec_cuda::{LinearKernel, ATT_PREFILL_ROWS};
 use spedec_neox::cuda_model::{Engine, MAX_ROWS, PREFILL_ROWS};
 use spedec_neox::synthetic::{synthetic_weights, SyntheticSpec};
 use spedec_neox::{Config, CpuModel, Isa, Lm, Weights};
@@ -28,6 +30,10 @@ const LONGEST: usize = 40;
 /// A prefill chunk size smaller than the prompts, so 40 rows run as chunks of 17, 17, 6
 /// (query chunks of 16 + 1 inside each) and a chunk's attention reads earlier chunks' K/V.
 const SMALL_CHUNK: usize = 17;
+
+/// A lowered attention slice (the backend's `prefill_attention_rows`): 40 queries run as
+/// 24 (chunks of 16 + 8 in one launch) + 16.
+const ATT_SLICE: usize = 24;
 
 /// Rows `rows` of `[.., vocab]` logits.
 fn rows(all: &[f32], vocab: usize, rows: std::ops::Range<usize>) -> &[f32] {
@@ -161,6 +167,30 @@ fn check_prefill(parallel: bool, kernel: LinearKernel) {
             vocab,
         );
     }
+
+    // The attention of a chunk in few launch pairs: one per layer for 40 queries at the
+    // default slice, two per layer (24 + 16) at a lowered one; the same bits either way.
+    let layers = config.num_layers as u64;
+    for (slice, pairs) in [(ATT_PREFILL_ROWS, 1), (ATT_SLICE, 2)] {
+        e.backend_mut().set_prefill_attention_rows(slice).unwrap();
+        e.truncate(0).unwrap();
+        let before = e.backend().attention_launches();
+        let got = e.forward(&ids).unwrap().into_vec();
+        assert_eq!(
+            e.backend().attention_launches() - before,
+            layers * pairs,
+            "{test}: attention launch pairs of a {LONGEST}-row prefill at slice {slice}"
+        );
+        assert_same(
+            &format!("{test}: prefill of {LONGEST} with attention slices of {slice}"),
+            &got,
+            &one_by_one,
+            vocab,
+        );
+    }
+    e.backend_mut()
+        .set_prefill_attention_rows(ATT_PREFILL_ROWS)
+        .unwrap();
 
     // Several chunks: 40 rows as 17 + 17 + 6.
     e.set_prefill_rows(SMALL_CHUNK).unwrap();

@@ -5,7 +5,9 @@
 //! token, flat rows, ±0) and on hand-built p / q. Disagreements are allowed only where the
 //! CPU's margin is within `BOUNDARY_EPS` of a threshold; they are counted, bounded and
 //! printed. A χ² test checks that one emulated speculative step emits tokens distributed as
-//! the target's p. Prints `skipped: no C++ compiler` where none is found.
+//! the target's p. `sample_pick` (one row's processing and draw, or argmax, in one launch) must
+//! equal `sample_process` + `sample_draw` bit for bit, route its ids, and flag bad rows; `copy`
+//! moves exactly its range. Prints `skipped: no C++ compiler` where none is found.
 
 mod support;
 
@@ -17,7 +19,7 @@ use spedec_check::sampler_check::{
     processing_boundary, run_sampler_checks_on, DecisionDiff, ProcessDiff, RowKind, BOUNDARY_EPS,
 };
 use spedec_check::sampling_reference::verify_probs;
-use spedec_cuda::KernelBackend;
+use spedec_cuda::{KernelBackend, PickDest};
 use spedec_sampling::philox::Stream;
 use spedec_sampling::{Rng, Sampler, SamplingParams};
 use support::{emulator_or_skip, visible};
@@ -556,4 +558,265 @@ fn emitted_tokens_follow_the_target_distribution() {
         "χ² {chi2:.2}: the emitted tokens do not follow p"
     );
     assert!((accepted as f64 / n as f64 - overlap).abs() < 0.04);
+}
+
+/// `sample_pick` of row `row` into fresh buffers: (token, probs row written, draft id,
+/// verify id).
+#[allow(clippy::too_many_arguments)]
+fn pick_on(
+    emu: &mut HostEmulator,
+    logits: &Vec<f32>,
+    row: usize,
+    v: usize,
+    sampler: &Sampler,
+    seed: u64,
+    position: u32,
+    stream: Stream,
+    index: u32,
+) -> (i32, Vec<f32>, u32, u32) {
+    let mut probs = vec![f32::NAN; v];
+    let mut tok = vec![-9i32; 1];
+    let (mut d, mut q) = (vec![u32::MAX; 1], vec![u32::MAX; 1]);
+    emu.sample_pick(
+        logits,
+        row,
+        Some((&mut probs, 0)),
+        PickDest {
+            token: (&mut tok, 0),
+            draft_input: Some((&mut d, 0)),
+            verify_input: Some((&mut q, 0)),
+        },
+        v,
+        sampler,
+        seed,
+        position,
+        stream,
+        index,
+    )
+    .unwrap();
+    (tok[0], probs, d[0], q[0])
+}
+
+#[test]
+fn pick_equals_process_then_draw_and_greedy_the_argmax() {
+    let Some(mut emu) = emulator_or_skip("pick_equals_process_then_draw_and_greedy_the_argmax")
+    else {
+        return;
+    };
+    let mut rng = Rng::new(41);
+    let kinds = RowKind::ALL;
+    let m = kinds.len();
+    let (mut picks, mut bits) = (0usize, 0usize);
+    for v in [777usize, 4096] {
+        for (n, p) in settings().iter().enumerate() {
+            let logits = rows_of(&mut rng, v, &kinds);
+            let probs = process_on(&mut emu, &logits, m, v, p);
+            let (seed, position, index) = (900 + n as u64, 70 * n as u32, 5u32);
+            let mut toks = vec![-2i32; m];
+            emu.sample_draw(
+                &probs,
+                &mut toks,
+                m,
+                v,
+                seed,
+                position,
+                Stream::Draft,
+                index,
+            )
+            .unwrap();
+            let sampler = Sampler::Random(*p);
+            for r in 0..m {
+                let pos = position + r as u32;
+                let (tok, row_probs, d, q) = pick_on(
+                    &mut emu,
+                    &logits,
+                    r,
+                    v,
+                    &sampler,
+                    seed,
+                    pos,
+                    Stream::Draft,
+                    index,
+                );
+                let want = &probs[r * v..(r + 1) * v];
+                let differ = row_probs
+                    .iter()
+                    .zip(want)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                bits += differ;
+                assert_eq!(differ, 0, "V={v} {p:?} row {r} ({:?})", kinds[r]);
+                assert_eq!(tok, toks[r], "V={v} {p:?} row {r} ({:?})", kinds[r]);
+                assert!(tok >= 0 && d == tok as u32 && q == tok as u32);
+                picks += 1;
+            }
+            // Greedy on the same rows: the CPU argmax (lowest id on ties), no probs needed.
+            for r in 0..m {
+                let want = spedec_sampling::argmax(&logits[r * v..(r + 1) * v]).unwrap();
+                let mut tok = vec![-9i32; 1];
+                emu.sample_pick(
+                    &logits,
+                    r,
+                    None,
+                    PickDest {
+                        token: (&mut tok, 0),
+                        draft_input: None,
+                        verify_input: None,
+                    },
+                    v,
+                    &Sampler::Greedy,
+                    seed,
+                    position,
+                    Stream::First,
+                    index,
+                )
+                .unwrap();
+                assert_eq!(tok[0], want as i32, "greedy V={v} row {r} ({:?})", kinds[r]);
+                picks += 1;
+            }
+        }
+    }
+    visible(&format!(
+        "sample_pick: {picks} picks equal to sample_process + sample_draw (random) or the CPU \
+         argmax (greedy); {bits} processed probabilities differ in bits"
+    ));
+}
+
+#[test]
+fn pick_routes_ids_and_flags_bad_rows() {
+    let Some(mut emu) = emulator_or_skip("pick_routes_ids_and_flags_bad_rows") else {
+        return;
+    };
+    let v = 513;
+    let mut rng = Rng::new(3);
+    let mut logits = rows_of(
+        &mut rng,
+        v,
+        &[RowKind::Random, RowKind::Dominant, RowKind::Ties],
+    );
+    // Row 1's dominant token, placed where we know it.
+    logits[v..2 * v]
+        .iter_mut()
+        .for_each(|x| *x = x.clamp(-4.0, 4.0));
+    logits[v + 321] = 40.0;
+    let random = Sampler::Random(params(0.9, 0, 0.95));
+    for sampler in [Sampler::Greedy, random] {
+        let mut probs = vec![-7.0f32; 3 * v];
+        let mut tok = vec![-5i32; 6];
+        let mut d = vec![11u32; 9];
+        let mut q = vec![12u32; 4];
+        emu.sample_pick(
+            &logits,
+            1,
+            Some((&mut probs, 2)),
+            PickDest {
+                token: (&mut tok, 4),
+                draft_input: Some((&mut d, 8)),
+                verify_input: Some((&mut q, 1)),
+            },
+            v,
+            &sampler,
+            1,
+            2,
+            Stream::First,
+            3,
+        )
+        .unwrap();
+        assert_eq!(tok, vec![-5, -5, -5, -5, 321, -5], "{sampler:?}");
+        assert_eq!(d, [vec![11u32; 8], vec![321]].concat());
+        assert_eq!(q, vec![12, 321, 12, 12]);
+        // Only row 2 of probs is written, and only when sampling.
+        assert!(probs[..2 * v].iter().all(|&x| x == -7.0));
+        if sampler == Sampler::Greedy {
+            assert!(probs[2 * v..].iter().all(|&x| x == -7.0));
+        } else {
+            let s: f32 = probs[2 * v..].iter().sum();
+            assert!(
+                (s - 1.0).abs() < 1e-4 && probs[2 * v + 321] > 0.99,
+                "sum {s}"
+            );
+        }
+    }
+    // Bad rows: a NaN, a +inf, nothing finite → −1 and ids 0, in both modes.
+    let mut bad = vec![0.5f32; 3 * v];
+    bad[17] = f32::NAN;
+    bad[v + 400] = f32::INFINITY;
+    bad[2 * v..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+    for sampler in [
+        Sampler::Greedy,
+        random,
+        Sampler::Random(params(1.0, 5, 1.0)),
+    ] {
+        for r in 0..3 {
+            let (tok, _, d, q) = pick_on(&mut emu, &bad, r, v, &sampler, 9, 0, Stream::First, 0);
+            assert_eq!((tok, d, q), (-1, 0, 0), "{sampler:?} bad row {r}");
+        }
+    }
+}
+
+#[test]
+fn pick_refuses_bad_arguments() {
+    let Some(mut emu) = emulator_or_skip("pick_refuses_bad_arguments") else {
+        return;
+    };
+    let v = 64;
+    let logits = vec![0.0f32; 2 * v];
+    let mut tok = vec![0i32; 2];
+    let mut probs = vec![0.0f32; v];
+    let random = Sampler::Random(params(1.0, 0, 1.0));
+    let mut call = |emu: &mut HostEmulator,
+                    row: usize,
+                    probs: Option<(&mut Vec<f32>, usize)>,
+                    at: usize,
+                    sampler: &Sampler| {
+        emu.sample_pick(
+            &logits,
+            row,
+            probs,
+            PickDest {
+                token: (&mut tok, at),
+                draft_input: None,
+                verify_input: None,
+            },
+            v,
+            sampler,
+            0,
+            0,
+            Stream::First,
+            0,
+        )
+    };
+    let e = call(&mut emu, 0, None, 0, &random).unwrap_err();
+    assert!(format!("{e:#}").contains("probs"), "{e:#}");
+    assert!(call(&mut emu, 2, None, 0, &Sampler::Greedy).is_err()); // row past the end
+    assert!(call(&mut emu, 0, None, 2, &Sampler::Greedy).is_err()); // token index
+    assert!(call(&mut emu, 0, Some((&mut probs, 1)), 0, &random).is_err()); // probs row
+    let bad_t = Sampler::Random(SamplingParams {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+    });
+    assert!(call(&mut emu, 0, Some((&mut probs, 0)), 0, &bad_t).is_err());
+    call(&mut emu, 1, Some((&mut probs, 0)), 1, &random).unwrap();
+    call(&mut emu, 1, None, 1, &Sampler::Greedy).unwrap();
+}
+
+#[test]
+fn copy_moves_the_given_range_and_checks_bounds() {
+    let Some(mut emu) = emulator_or_skip("copy_moves_the_given_range_and_checks_bounds") else {
+        return;
+    };
+    let src: Vec<u32> = (0..10).collect();
+    let mut dst = vec![99u32; 8];
+    emu.copy(&src, 3, &mut dst, 2, 4).unwrap();
+    assert_eq!(dst, vec![99, 99, 3, 4, 5, 6, 99, 99]);
+    emu.copy(&src, 10, &mut dst, 8, 0).unwrap(); // empty ranges at the ends are fine
+    assert!(emu.copy(&src, 7, &mut dst, 0, 4).is_err()); // source past the end
+    assert!(emu.copy(&src, 0, &mut dst, 5, 4).is_err()); // destination past the end
+    assert!(emu.copy(&src, usize::MAX, &mut dst, 0, 2).is_err()); // overflow
+    assert_eq!(dst, vec![99, 99, 3, 4, 5, 6, 99, 99]);
+    let f: Vec<f32> = vec![1.5, -0.0, f32::NAN];
+    let mut g = vec![0.0f32; 3];
+    emu.copy(&f, 0, &mut g, 0, 3).unwrap();
+    assert!(f.iter().zip(&g).all(|(a, b)| a.to_bits() == b.to_bits()));
 }

@@ -4,7 +4,8 @@
 //! buffers, host ↔ backend copies, one call per kernel with the launchers' shapes (plus
 //! row-offset forms of the linear and the attention, for a long prompt's slices), and a
 //! hook to record a step's launches. [`GpuBackend`] is its implementation on a device: it
-//! owns the context, the attention scratch and the CUDA graphs of one model. The
+//! owns the context, the attention scratches (a step's, and a long prompt's slices') and the
+//! CUDA graphs of one model. The
 //! verification crate (`spedec-gpu-check`) adds its check-only calls (poisoning, timing,
 //! argmax, softmax) in an extension trait, and implements both traits for a host emulation
 //! of the CUDA sources, so the forward and the checks also run on machines without a GPU.
@@ -12,18 +13,21 @@
 use std::sync::Arc;
 
 use anyhow::{anyhow, ensure, Result};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 use half::f16;
+use spedec_sampling::philox::Stream;
+use spedec_sampling::{Sampler, SamplingParams};
 
 use crate::context::GpuContext;
 use crate::graphs::{GraphStats, Graphs};
 use crate::kernels::consts::{ATT_MAX_M, LIN_MAX_M};
 use crate::linear_tc::{self, LinearKernel, LinearTcScratch};
-use crate::ops::{AttnScratch, AttnShape, In, LayerNormOut, LinearOut};
+use crate::ops::{AttnScratch, AttnShape, In, LayerNormOut, LinearOut, ATT_PREFILL_ROWS};
 
 /// Rows per step: the kernels' limit (M ≤ 16). Longer inputs run layer-major (the engine's
-/// prefill: [`KernelBackend::linear_rows`] and [`KernelBackend::attention_rows`] address
-/// 16-row slices of them), which batch invariance makes exact.
+/// prefill: [`KernelBackend::linear_rows`] addresses 16-row slices of them,
+/// [`KernelBackend::attention_rows`] slices of up to [`ATT_PREFILL_ROWS`] queries), which
+/// batch invariance makes exact.
 pub const MAX_ROWS: usize = if LIN_MAX_M < ATT_MAX_M {
     LIN_MAX_M
 } else {
@@ -69,6 +73,16 @@ pub type SecondLn<'a, B> = (
     &'a mut <B as KernelBackend>::Buf<f16>,
 );
 
+/// Where [`KernelBackend::sample_pick`] writes the picked token: element indices into the buffers.
+pub struct PickDest<'a, B: KernelBackend> {
+    /// i32 [..]: the token (−1 for a row without mass or with a NaN)
+    pub token: (&'a mut B::Buf<i32>, usize),
+    /// u32 [..]: the draft model's next input ids (0 written for a bad row), if any
+    pub draft_input: Option<(&'a mut B::Buf<u32>, usize)>,
+    /// u32 [..]: the target's verify input ids (0 written for a bad row), if any
+    pub verify_input: Option<(&'a mut B::Buf<u32>, usize)>,
+}
+
 /// Buffers, copies, and one call per kernel, with the shapes of [`GpuContext`]'s launchers.
 #[allow(clippy::too_many_arguments)]
 pub trait KernelBackend: Sized {
@@ -89,6 +103,26 @@ pub trait KernelBackend: Sized {
     /// Allocate what the backend keeps per model before the first step (the attention
     /// scratch for `shape`), so that no step allocates.
     fn prepare(&mut self, shape: &AttnShape) -> Result<()>;
+
+    /// Allocate what [`KernelBackend::attention_rows`] needs for up to `rows` queries a call
+    /// (1..=[`ATT_PREFILL_ROWS`]; more than [`MAX_ROWS`] needs it on [`GpuBackend`]): called
+    /// where a long prompt's activations are allocated, never inside a recorded step. The
+    /// default allocates nothing.
+    fn prepare_prefill(&mut self, shape: &AttnShape, rows: usize) -> Result<()> {
+        let _ = shape;
+        ensure!(
+            (1..=ATT_PREFILL_ROWS).contains(&rows),
+            "prefill attention of {rows} rows a call, expected 1..={ATT_PREFILL_ROWS}"
+        );
+        Ok(())
+    }
+
+    /// Most queries one [`KernelBackend::attention_rows`] call takes, so the most a long
+    /// prompt's attention puts in one launch pair: [`ATT_PREFILL_ROWS`] unless the backend
+    /// lowers it (the host emulation lets tests do so, to cross slice boundaries cheaply).
+    fn prefill_attention_rows(&self) -> usize {
+        ATT_PREFILL_ROWS
+    }
 
     /// Run one step of `m` rows; `encode` enqueues its launches. A backend may record them
     /// the first times and replay the record later (CUDA graphs); the default runs them.
@@ -111,6 +145,18 @@ pub trait KernelBackend: Sized {
         vocab: usize,
         d: usize,
     ) -> Result<()>;
+
+    /// pos i32 \[m\] = start, start + 1, … (a step's positions), ordered with the launches.
+    /// The default copies them from the host; [`GpuBackend`] launches `positions_i32`, since
+    /// a copy from pageable host memory makes the host wait for the stream.
+    fn fill_positions(&mut self, pos: &mut Self::Buf<i32>, start: usize, m: usize) -> Result<()> {
+        let end = start
+            .checked_add(m)
+            .filter(|&e| i32::try_from(e).is_ok())
+            .ok_or_else(|| anyhow!("positions {start}.. + {m} do not fit i32"))?;
+        let host: Vec<i32> = (start..end).map(|p| p as i32).collect();
+        self.write(&host, pos)
+    }
 
     /// See [`GpuContext::add_layernorm_f16`].
     fn add_layernorm(
@@ -167,7 +213,9 @@ pub trait KernelBackend: Sized {
         shape: &AttnShape,
     ) -> Result<()>;
 
-    /// See [`GpuContext::attention_f16`] (the backend owns the scratch).
+    /// See [`GpuContext::attention_f16`] (the backend owns the scratch): `m` <= [`MAX_ROWS`]
+    /// on [`GpuBackend`] (its step scratch); a long prompt's slices go through
+    /// [`KernelBackend::attention_rows`].
     fn attention(
         &mut self,
         q: &Self::Buf<f16>,
@@ -222,13 +270,17 @@ pub trait KernelBackend: Sized {
         }
     }
 
-    /// [`KernelBackend::attention`] of the `m` (<= [`MAX_ROWS`]) queries at rows
-    /// `row0..row0 + m` of `q` (f16 [.., H, hd]), `pos` (i32 [..]) and `out` (f16 [.., H·hd]):
-    /// one chunk of a long prompt's queries, whose keys are all in the cache already. A
-    /// query's result is the `attention` one (the kernel is batch invariant per query).
+    /// [`KernelBackend::attention`] of the `m` queries at rows `row0..row0 + m` of `q` (f16
+    /// [.., H, hd]), `pos` (i32 [..]) and `out` (f16 [.., H·hd]): a slice of a long prompt's
+    /// queries, whose keys are all in the cache already, in one launch pair. `m` may exceed
+    /// [`MAX_ROWS`], up to [`KernelBackend::prefill_attention_rows`] (at most
+    /// [`ATT_PREFILL_ROWS`]) and the rows given to [`KernelBackend::prepare_prefill`]. A
+    /// query's result is the `attention` one, bit for bit (the kernel is batch invariant per
+    /// query and computes a launch's queries in fixed chunks of 16).
     ///
-    /// The default stages the rows through host copies (as [`KernelBackend::linear_rows`]);
-    /// [`GpuBackend`] passes views.
+    /// The default stages the rows through host copies (as [`KernelBackend::linear_rows`])
+    /// and calls `attention` with all `m` rows; [`GpuBackend`] passes views, with the step's
+    /// scratch up to [`MAX_ROWS`] rows and the prefill scratch above.
     fn attention_rows(
         &mut self,
         q: &Self::Buf<f16>,
@@ -250,6 +302,71 @@ pub trait KernelBackend: Sized {
             b.attention(&q, k_cache, v_cache, &pos, o, m, shape)
         })
     }
+
+    /// dst[dst_at .. dst_at + n] = src[src_at .. src_at + n], ordered with the launches (no
+    /// wait). Errors (before anything is enqueued) when either range leaves its buffer.
+    fn copy<T: Elem>(
+        &mut self,
+        src: &Self::Buf<T>,
+        src_at: usize,
+        dst: &mut Self::Buf<T>,
+        dst_at: usize,
+        n: usize,
+    ) -> Result<()>;
+
+    /// See [`GpuContext::sample_process_f32`]: logits f32 [m, vocab] → probs f32 [m, vocab].
+    fn sample_process(
+        &mut self,
+        logits: &Self::Buf<f32>,
+        probs: &mut Self::Buf<f32>,
+        m: usize,
+        vocab: usize,
+        params: &SamplingParams,
+    ) -> Result<()>;
+
+    /// See [`GpuContext::spec_verify_f32`] (`draft = None`: greedy on raw target logits).
+    fn spec_verify(
+        &mut self,
+        target: &Self::Buf<f32>,
+        draft: Option<&Self::Buf<f32>>,
+        drafts: &Self::Buf<i32>,
+        out: &mut Self::Buf<i32>,
+        gamma: usize,
+        vocab: usize,
+        seed: u64,
+        position: u32,
+        index: u32,
+    ) -> Result<()>;
+
+    /// One token from row `row` of `logits` (f32 [.., vocab]), on the backend: greedy → the
+    /// argmax (lowest id on ties); `Sampler::Random(p)` → the row processed as
+    /// [`KernelBackend::sample_process`] does (same bits) into row `probs.1` of `probs.0`
+    /// (f32 [.., vocab]; required, an error if `None`), then drawn by inverse CDF as
+    /// `sample_draw_f32` does with the uniform of counter (position, stream, index, 0) under
+    /// `seed`. Written to `dest`. One launch (see [`GpuContext::sample_pick_f32`]).
+    fn sample_pick(
+        &mut self,
+        logits: &Self::Buf<f32>,
+        row: usize,
+        probs: Option<(&mut Self::Buf<f32>, usize)>,
+        dest: PickDest<'_, Self>,
+        vocab: usize,
+        sampler: &Sampler,
+        seed: u64,
+        position: u32,
+        stream: Stream,
+        index: u32,
+    ) -> Result<()>;
+
+    /// A point in the backend's queue of work (a CUDA event), for timing a stretch of work
+    /// without waiting in between.
+    type Mark;
+
+    /// A mark after the work enqueued so far (no wait).
+    fn mark(&mut self) -> Result<Self::Mark>;
+
+    /// Seconds between two marks, `from` first (waits until `to` is reached).
+    fn seconds_between(&mut self, from: &Self::Mark, to: &Self::Mark) -> Result<f64>;
 }
 
 /// Elements `start..start + len` of `buf` as a new buffer (host round trip; the defaults of
@@ -302,6 +419,9 @@ pub struct GpuBackend {
     gpu: Arc<GpuContext>,
     /// f32 partial results of the two-pass attention, for up to [`MAX_ROWS`] queries.
     scratch: Option<AttnScratch>,
+    /// The same for a long prompt's attention slices (up to [`ATT_PREFILL_ROWS`] queries),
+    /// made by [`KernelBackend::prepare_prefill`].
+    prefill_scratch: Option<AttnScratch>,
     graphs: Graphs,
     /// The kernel `linear` runs, and the tensor-core kernel's scratch once chosen.
     linear_kernel: LinearKernel,
@@ -315,6 +435,7 @@ impl GpuBackend {
         GpuBackend {
             gpu,
             scratch: None,
+            prefill_scratch: None,
             graphs: Graphs::new(graphs),
             linear_kernel: LinearKernel::Simt,
             tc_scratch: None,
@@ -329,6 +450,12 @@ impl GpuBackend {
     /// The attention scratch fitting `shape`, made on first use or when the shape changes.
     pub fn attention_scratch(&mut self, shape: &AttnShape) -> Result<&mut AttnScratch> {
         scratch_for(&self.gpu, &mut self.scratch, shape)
+    }
+
+    /// The prefill attention scratch, if [`KernelBackend::prepare_prefill`] made one for
+    /// `shape` (e.g. to poison it in checks).
+    pub fn prefill_attention_scratch(&mut self, shape: &AttnShape) -> Option<&mut AttnScratch> {
+        self.prefill_scratch.as_mut().filter(|s| s.shape() == shape)
     }
 
     /// Graph counters.
@@ -381,6 +508,28 @@ impl KernelBackend for GpuBackend {
         Ok(())
     }
 
+    /// Makes the prefill attention scratch for `rows` queries (f32, `rows · H · n_split ·
+    /// (hd + 2)` elements) unless the one there fits already; a scratch of up to
+    /// [`MAX_ROWS`] rows is not needed (those slices use the step's).
+    fn prepare_prefill(&mut self, shape: &AttnShape, rows: usize) -> Result<()> {
+        ensure!(
+            (1..=ATT_PREFILL_ROWS).contains(&rows),
+            "prefill attention of {rows} rows a call, expected 1..={ATT_PREFILL_ROWS}"
+        );
+        if rows <= MAX_ROWS {
+            return Ok(());
+        }
+        let fits = self
+            .prefill_scratch
+            .as_ref()
+            .is_some_and(|s| s.shape() == shape && s.max_m() >= rows);
+        if !fits {
+            self.prefill_scratch = None; // freed before the new one is allocated
+            self.prefill_scratch = Some(AttnScratch::new(&self.gpu, shape, rows)?);
+        }
+        Ok(())
+    }
+
     fn run_step(
         &mut self,
         m: usize,
@@ -416,6 +565,10 @@ impl KernelBackend for GpuBackend {
         }
         self.linear_kernel = kernel;
         Ok(())
+    }
+
+    fn fill_positions(&mut self, pos: &mut CudaSlice<i32>, start: usize, m: usize) -> Result<()> {
+        self.gpu.positions_i32(pos, start, m)
     }
 
     fn embedding(
@@ -526,7 +679,26 @@ impl KernelBackend for GpuBackend {
         let qv = tail(q, row0 * width, "attention_rows q")?;
         let pv = tail(pos, row0, "attention_rows pos")?;
         let mut ov = tail_mut(out, row0 * width, "attention_rows out")?;
-        let scratch = scratch_for(&self.gpu, &mut self.scratch, shape)?;
+        let scratch = if m <= MAX_ROWS {
+            scratch_for(&self.gpu, &mut self.scratch, shape)?
+        } else {
+            let held = self
+                .prefill_scratch
+                .as_ref()
+                .map(|s| (*s.shape(), s.max_m()));
+            self.prefill_scratch
+                .as_mut()
+                .filter(|s| s.shape() == shape && s.max_m() >= m)
+                .ok_or_else(|| match held {
+                    Some((held_shape, rows)) => anyhow!(
+                        "attention_rows of {m} queries: the prefill scratch holds {rows} rows \
+                         of {held_shape:?}; call prepare_prefill for this shape and >= {m} rows"
+                    ),
+                    None => anyhow!(
+                        "attention_rows of {m} queries (> {MAX_ROWS}): call prepare_prefill first"
+                    ),
+                })?
+        };
         self.gpu
             .attention_f16(&qv, k_cache, v_cache, &pv, scratch, &mut ov, m, shape)
     }
@@ -558,6 +730,146 @@ impl KernelBackend for GpuBackend {
         let scratch = scratch_for(&self.gpu, &mut self.scratch, shape)?;
         self.gpu
             .attention_f16(q, k_cache, v_cache, pos, scratch, out, m, shape)
+    }
+
+    /// The stream's device-to-device copy between views.
+    type Mark = cudarc::driver::CudaEvent;
+
+    fn mark(&mut self) -> Result<cudarc::driver::CudaEvent> {
+        self.gpu
+            .stream()
+            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| anyhow!("recording a CUDA event: {e:?}"))
+    }
+
+    fn seconds_between(
+        &mut self,
+        from: &cudarc::driver::CudaEvent,
+        to: &cudarc::driver::CudaEvent,
+    ) -> Result<f64> {
+        let ms = from
+            .elapsed_ms(to)
+            .map_err(|e| anyhow!("reading the time between two CUDA events: {e:?}"))?;
+        Ok(f64::from(ms) / 1e3)
+    }
+
+    fn copy<T: Elem>(
+        &mut self,
+        src: &CudaSlice<T>,
+        src_at: usize,
+        dst: &mut CudaSlice<T>,
+        dst_at: usize,
+        n: usize,
+    ) -> Result<()> {
+        let (src_len, dst_len) = (src.len(), dst.len());
+        let sv = src
+            .try_slice(src_at..src_at.saturating_add(n))
+            .ok_or_else(|| {
+                anyhow!("copy: source elements {src_at}.. (+{n}) outside a buffer of {src_len}")
+            })?;
+        let mut dv = dst
+            .try_slice_mut(dst_at..dst_at.saturating_add(n))
+            .ok_or_else(|| {
+                anyhow!(
+                    "copy: destination elements {dst_at}.. (+{n}) outside a buffer of {dst_len}"
+                )
+            })?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.gpu
+            .stream()
+            .memcpy_dtod(&sv, &mut dv)
+            .map_err(|e| anyhow!("device-to-device copy of {n} elements: {e:?}"))
+    }
+
+    fn sample_process(
+        &mut self,
+        logits: &CudaSlice<f32>,
+        probs: &mut CudaSlice<f32>,
+        m: usize,
+        vocab: usize,
+        params: &SamplingParams,
+    ) -> Result<()> {
+        params.validate()?;
+        self.gpu.sample_process_f32(
+            logits,
+            probs,
+            m,
+            vocab,
+            params.temperature,
+            params.top_k,
+            params.top_p,
+        )
+    }
+
+    fn spec_verify(
+        &mut self,
+        target: &CudaSlice<f32>,
+        draft: Option<&CudaSlice<f32>>,
+        drafts: &CudaSlice<i32>,
+        out: &mut CudaSlice<i32>,
+        gamma: usize,
+        vocab: usize,
+        seed: u64,
+        position: u32,
+        index: u32,
+    ) -> Result<()> {
+        let draft = draft.map(|q| q as In<f32>);
+        self.gpu.spec_verify_f32(
+            target, draft, drafts, out, gamma, vocab, seed, position, index,
+        )
+    }
+
+    /// Views at the given rows and elements (no copies).
+    fn sample_pick(
+        &mut self,
+        logits: &CudaSlice<f32>,
+        row: usize,
+        probs: Option<(&mut CudaSlice<f32>, usize)>,
+        dest: PickDest<'_, Self>,
+        vocab: usize,
+        sampler: &Sampler,
+        seed: u64,
+        position: u32,
+        stream: Stream,
+        index: u32,
+    ) -> Result<()> {
+        let start = row
+            .checked_mul(vocab)
+            .ok_or_else(|| anyhow!("sample_pick: row {row} × vocab {vocab} overflows"))?;
+        let lv = tail(logits, start, "sample_pick logits")?;
+        let mut pv = match probs {
+            Some((buf, r)) => {
+                let at = r.checked_mul(vocab).ok_or_else(|| {
+                    anyhow!("sample_pick: probs row {r} × vocab {vocab} overflows")
+                })?;
+                Some(tail_mut(buf, at, "sample_pick probs")?)
+            }
+            None => None,
+        };
+        let mut tv = tail_mut(dest.token.0, dest.token.1, "sample_pick token")?;
+        let mut dv = match dest.draft_input {
+            Some((buf, at)) => Some(tail_mut(buf, at, "sample_pick draft_input")?),
+            None => None,
+        };
+        let mut vv = match dest.verify_input {
+            Some((buf, at)) => Some(tail_mut(buf, at, "sample_pick verify_input")?),
+            None => None,
+        };
+        self.gpu.sample_pick_f32(
+            &lv,
+            pv.as_mut().map(|v| v as &mut dyn DevicePtrMut<f32>),
+            &mut tv,
+            dv.as_mut().map(|v| v as &mut dyn DevicePtrMut<u32>),
+            vv.as_mut().map(|v| v as &mut dyn DevicePtrMut<u32>),
+            vocab,
+            sampler,
+            seed,
+            position,
+            stream.id(),
+            index,
+        )
     }
 }
 

@@ -22,7 +22,7 @@ pub static KERNEL_SOURCES: &[KernelSource] = &[
     KernelSource {
         file: "embedding.cu",
         source: include_str!("../../../kernels/embedding.cu"),
-        entry_points: &["embedding_f16"],
+        entry_points: &["embedding_f16", "positions_i32"],
     },
     KernelSource {
         file: "layernorm.cu",
@@ -60,9 +60,15 @@ pub static KERNEL_SOURCES: &[KernelSource] = &[
         entry_points: &[
             "sample_process_f32",
             "sample_draw_f32",
+            "sample_pick_f32",
             "spec_verify_f32",
             "philox_uniform_f32",
         ],
+    },
+    KernelSource {
+        file: "probe.cu",
+        source: include_str!("../../../kernels/probe.cu"),
+        entry_points: &["read_probe_f16"],
     },
 ];
 
@@ -91,6 +97,8 @@ pub mod consts {
     pub const SAMPLE_THREADS: u32 = 1024;
     /// `PHILOX_THREADS` in sampling.cu.
     pub const PHILOX_THREADS: u32 = 256;
+    /// `PROBE_THREADS` in probe.cu: threads per block of the read-bandwidth probe.
+    pub const PROBE_THREADS: u32 = 256;
 }
 
 /// The kernel source that defines `entry_point`, if any.
@@ -138,7 +146,7 @@ mod tests {
                     k.file
                 );
                 assert!(
-                    e.ends_with("_f16") || e.ends_with("_f32"),
+                    ["_f16", "_f32", "_i32"].iter().any(|d| e.ends_with(d)),
                     "{e} is not <op>_<dtype>"
                 );
                 assert_eq!(source_of(e).map(|s| s.file), Some(k.file));
@@ -182,6 +190,15 @@ mod tests {
         assert_eq!(
             define(src("logits.cu"), "VOCAB_THREADS"),
             Some(VOCAB_THREADS as u64)
+        );
+    }
+
+    #[test]
+    fn probe_constants_match_the_source() {
+        let src = source_of("read_probe_f16").unwrap().source;
+        assert_eq!(
+            define(src, "PROBE_THREADS"),
+            Some(consts::PROBE_THREADS as u64)
         );
     }
 

@@ -17,7 +17,8 @@
 //! [`context`] (device, stream, loaded kernels, buffers), [`ops`] (launchers), [`kv`]
 //! (cache layout), [`linear_tc`] (the tensor-core linear: plan, scratch, launcher), [`backend`] (the kernels behind one trait; [`GpuBackend`], the device
 //! implementation), [`graphs`] (a step's launches recorded and replayed), [`sampling_ops`]
-//! (the device sampler's launchers: processing, draws, the speculative decision, Philox).
+//! (the device sampler's launchers: processing, draws, the speculative decision, Philox),
+//! [`probe`] (the read-bandwidth probe, check-only).
 
 pub mod backend;
 pub mod context;
@@ -27,15 +28,16 @@ pub mod kv;
 pub mod linear_tc;
 pub mod nvrtc;
 pub mod ops;
+pub mod probe;
 pub mod sampling_ops;
 
-pub use backend::{Elem, GpuBackend, KernelBackend, LinDest, SecondLn, MAX_ROWS};
+pub use backend::{Elem, GpuBackend, KernelBackend, LinDest, PickDest, SecondLn, MAX_ROWS};
 pub use context::{driver_available, gpu_available, GpuContext, NO_DEVICE, NO_DRIVER};
 pub use graphs::GraphStats;
 pub use kv::{GpuKvCache, KvLayout};
 pub use linear_tc::{LinearKernel, LinearTcScratch};
 pub use nvrtc::{compile_all, compile_source, nvrtc_available, Compiled, KernelResources};
-pub use ops::{AttnScratch, AttnShape, LayerNormOut, LinearOut};
+pub use ops::{AttnScratch, AttnShape, LayerNormOut, LinearOut, ATT_PREFILL_ROWS};
 
 /// Re-exports of the cudarc buffer types the launchers take.
 pub use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};

@@ -100,6 +100,12 @@ impl AttnShape {
     }
 }
 
+/// Most queries one [`GpuContext::attention_f16`] call takes (the scratch's row bound for a
+/// long prompt's attention): a launch pair covers up to 16 chunks of 16 queries. At a
+/// capacity of 2,048 positions (16 splits) with 32 heads of 80 dims the f32 scratch is
+/// 256·32·16·80·4 ≈ 42 MB.
+pub const ATT_PREFILL_ROWS: usize = 256;
+
 /// Scratch for the two-pass attention: the per-split partial results.
 pub struct AttnScratch {
     /// f32 [max_m, H, n_split, hd]
@@ -111,12 +117,13 @@ pub struct AttnScratch {
 }
 
 impl AttnScratch {
-    /// Scratch for up to `max_m` (<= 16) queries of `shape`.
+    /// Scratch for up to `max_m` (<= [`ATT_PREFILL_ROWS`]) queries of `shape`: 16 for a
+    /// step, more for a long prompt's attention.
     pub fn new(gpu: &GpuContext, shape: &AttnShape, max_m: usize) -> Result<Self> {
         shape.validate()?;
         ensure!(
-            (1..=ATT_MAX_M).contains(&max_m),
-            "attention scratch: max_m {max_m} not in 1..={ATT_MAX_M}"
+            (1..=ATT_PREFILL_ROWS).contains(&max_m),
+            "attention scratch: max_m {max_m} not in 1..={ATT_PREFILL_ROWS}"
         );
         let rows = max_m * shape.heads * shape.n_split();
         Ok(Self {
@@ -130,6 +137,11 @@ impl AttnScratch {
     /// The geometry this scratch was made for.
     pub fn shape(&self) -> &AttnShape {
         &self.shape
+    }
+
+    /// Most queries one attention call with this scratch takes.
+    pub fn max_m(&self) -> usize {
+        self.max_m
     }
 
     /// The two partial buffers (o, ml), e.g. to poison them in checks.
@@ -248,6 +260,28 @@ impl GpuContext {
             .arg(&d_i);
         // SAFETY: argument list matches embedding.cu; lengths checked above.
         unsafe { b.launch(cfg) }.map_err(launch_err("embedding_f16"))?;
+        Ok(())
+    }
+
+    /// pos i32 \[m\] = start, start + 1, …: a step's positions by a launch, so that no host
+    /// copy makes the stream wait. grid 1 × `EMB_THREADS`.
+    pub fn positions_i32(&self, pos: Out<i32>, start: usize, m: usize) -> Result<()> {
+        check_rows("positions_i32", m, i32::MAX as usize)?;
+        check_len_mut("positions_i32 pos", pos, m)?;
+        to_i32("start + m", start + m)?;
+        let (start_i, m_i) = (to_i32("start", start)?, to_i32("m", m)?);
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (EMB_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = self.function("positions_i32")?;
+        let s = self.stream();
+        let (p_pos, _g0) = pos.device_ptr_mut(s);
+        let mut b = s.launch_builder(f);
+        b.arg(&p_pos).arg(&start_i).arg(&m_i);
+        // SAFETY: argument list matches embedding.cu; the length is checked above.
+        unsafe { b.launch(cfg) }.map_err(launch_err("positions_i32"))?;
         Ok(())
     }
 
@@ -481,8 +515,9 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Causal attention of m <= 16 queries over one layer's KV cache (two passes, split over
-    /// the keys in fixed blocks of 128 positions; scale 1/sqrt(hd)).
+    /// Causal attention of m queries (up to the scratch's rows, at most [`ATT_PREFILL_ROWS`])
+    /// over one layer's KV cache: two launches, pass 1 split over the keys in fixed blocks of
+    /// 128 positions and over the queries in chunks of 16; scale 1/sqrt(hd).
     ///
     /// q: f16 [m, H, hd], k_cache / v_cache: f16 [H, max_pos, hd] (exact), pos: i32 \[m\]
     /// (query r sees keys 0..=pos\[r\]), out: f16 [m, H·hd].
@@ -500,7 +535,7 @@ impl GpuContext {
         shape: &AttnShape,
     ) -> Result<()> {
         shape.validate()?;
-        check_rows("attention_f16", m, ATT_MAX_M)?;
+        check_rows("attention_f16", m, ATT_PREFILL_ROWS)?;
         ensure!(
             scratch.shape == *shape && m <= scratch.max_m,
             "attention_f16: scratch was made for {:?} and up to {} rows",
@@ -529,7 +564,11 @@ impl GpuContext {
 
         let f1 = self.function("attn_partial_f16")?;
         let cfg1 = LaunchConfig {
-            grid_dim: (to_u32("n_split", n_split)?, to_u32("heads", h)?, 1),
+            grid_dim: (
+                to_u32("n_split", n_split)?,
+                to_u32("heads", h)?,
+                to_u32("query chunks", m.div_ceil(ATT_MAX_M))?,
+            ),
             block_dim: (ATT_SPLIT, 1, 1),
             shared_mem_bytes: 0,
         };

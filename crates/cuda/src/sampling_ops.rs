@@ -1,17 +1,19 @@
 //! Launchers of the device sampler (`kernels/sampling.cu`): processing (temperature → top-k →
-//! top-p), the categorical draw, the speculative accept / residual decision, and raw Philox
-//! words. Shapes and lengths are checked before anything is enqueued; nothing synchronises.
+//! top-p), the categorical draw, one row's pick (processing and draw, or argmax, in one
+//! launch, routed to the models' input ids), the speculative accept / residual decision, and
+//! raw Philox words. Shapes and lengths are checked before anything is enqueued; nothing synchronises.
 //!
 //! Random numbers: Philox4x32-10 keyed by `seed`, counter `(position, stream, index, 0)`
 //! (`spedec_sampling::philox` describes the scheme and holds the CPU twin). Stream ids are
 //! [`STREAM_FIRST`] .. [`STREAM_RESIDUAL`].
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
+use spedec_sampling::Sampler;
 
 use crate::context::GpuContext;
 use crate::kernels::consts::{PHILOX_THREADS, SAMPLE_THREADS};
-use crate::ops::{launch_err as err, opt_ptr, to_i32 as i32_of, In, Out};
+use crate::ops::{launch_err as err, opt_ptr, opt_ptr_mut, to_i32 as i32_of, In, Out};
 
 /// Philox stream of the first generated token (`PHILOX_STREAM_FIRST`).
 pub const STREAM_FIRST: u32 = 0;
@@ -183,6 +185,86 @@ impl GpuContext {
             .arg(&index);
         // SAFETY: argument list matches sampling.cu; lengths checked above.
         unsafe { b.launch(cfg) }.map_err(err("spec_verify_f32"))?;
+        Ok(())
+    }
+
+    /// One token from one row, in one launch: row f32 \[vocab\] (the view starts at the row).
+    /// Greedy → the argmax (lowest id on ties). `Sampler::Random(params)` → the row processed
+    /// exactly as [`GpuContext::sample_process_f32`] does (the same device code, so the same
+    /// bits) into `probs` f32 \[vocab\] (required), then drawn by inverse CDF as
+    /// [`GpuContext::sample_draw_f32`] does with the uniform of counter
+    /// `(position, stream, index, 0)` under `seed`. Written: `token` i32 \[1\] (−1 for a row
+    /// with a NaN or +inf, without a finite logit, or without mass) and, where given,
+    /// `draft_input` / `verify_input` u32 \[1\] (the token, 0 for a bad row).
+    /// grid 1 × `SAMPLE_THREADS`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_pick_f32(
+        &self,
+        row: In<f32>,
+        probs: Option<Out<f32>>,
+        token: Out<i32>,
+        draft_input: Option<Out<u32>>,
+        verify_input: Option<Out<u32>>,
+        vocab: usize,
+        sampler: &Sampler,
+        seed: u64,
+        position: u32,
+        stream: u32,
+        index: u32,
+    ) -> Result<()> {
+        ensure!(vocab > 0, "sample_pick_f32: empty vocabulary");
+        ensure!(
+            stream <= STREAM_RESIDUAL,
+            "sample_pick_f32: unknown Philox stream {stream}"
+        );
+        need("sample_pick_f32 row", row.len(), vocab)?;
+        need("sample_pick_f32 token", token.len(), 1)?;
+        if let Some(d) = &draft_input {
+            need("sample_pick_f32 draft_input", d.len(), 1)?;
+        }
+        if let Some(v) = &verify_input {
+            need("sample_pick_f32 verify_input", v.len(), 1)?;
+        }
+        let v_i = i32_of("vocab", vocab)?;
+        let (greedy, temperature, k_i, top_p) = match sampler {
+            Sampler::Greedy => (1i32, 1.0f32, 0i32, 1.0f32),
+            Sampler::Random(p) => {
+                check_params(p.temperature, p.top_p)?;
+                let Some(q) = &probs else {
+                    bail!("sample_pick_f32: random sampling needs a probs row");
+                };
+                need("sample_pick_f32 probs", q.len(), vocab)?;
+                let k_i = if p.top_k >= vocab { 0 } else { p.top_k as i32 };
+                (0, p.temperature, k_i, p.top_p)
+            }
+        };
+        let cfg = rows_cfg(1, SAMPLE_THREADS)?;
+        let f = self.function("sample_pick_f32")?;
+        let s = self.stream();
+        let (p_r, _g0) = row.device_ptr(s);
+        let mut probs = if greedy != 0 { None } else { probs };
+        let (mut draft_input, mut verify_input) = (draft_input, verify_input);
+        let (p_p, _g1) = opt_ptr_mut(probs.as_mut().map(|q| &mut **q as _), s);
+        let (p_t, _g2) = token.device_ptr_mut(s);
+        let (p_d, _g3) = opt_ptr_mut(draft_input.as_mut().map(|d| &mut **d as _), s);
+        let (p_v, _g4) = opt_ptr_mut(verify_input.as_mut().map(|v| &mut **v as _), s);
+        let mut b = s.launch_builder(f);
+        b.arg(&p_r)
+            .arg(&p_p)
+            .arg(&p_t)
+            .arg(&p_d)
+            .arg(&p_v)
+            .arg(&v_i)
+            .arg(&greedy)
+            .arg(&temperature)
+            .arg(&k_i)
+            .arg(&top_p)
+            .arg(&seed)
+            .arg(&position)
+            .arg(&stream)
+            .arg(&index);
+        // SAFETY: argument list matches sampling.cu; lengths checked above.
+        unsafe { b.launch(cfg) }.map_err(err("sample_pick_f32"))?;
         Ok(())
     }
 

@@ -11,9 +11,10 @@ pub use spedec_report::bench::{leviathan_speedup, BenchMode, ModeReport};
 use spedec_report::Machine;
 pub use spedec_report::Summary;
 use spedec_speculative::{
-    expected_tokens, generate_autoregressive, generate_speculative_with_gamma, GammaChoice,
-    GenConfig, Lm, Stats, MAX_AUTO_GAMMA,
+    expected_tokens, generate_autoregressive, GammaChoice, GenConfig, Lm, Stats, MAX_AUTO_GAMMA,
 };
+
+use crate::spec_step::{generate_spec, resolve_step, SpecStep};
 
 /// The report of one benchmark, with every run's statistics.
 pub type BenchReport = spedec_report::bench::BenchReport<Stats>;
@@ -57,6 +58,8 @@ pub struct BenchOptions {
     pub draft_name: String,
     /// The machine the models run on.
     pub machine: Machine,
+    /// Where the spec runs' steps run (`Auto`: on the device when both models are CUDA).
+    pub spec_step: SpecStep,
 }
 
 /// Where a benchmark stands, reported before each generation.
@@ -99,6 +102,7 @@ pub fn run_bench(
     } else {
         opts.gammas.clone()
     };
+    let spec_step = resolve_step(opts.spec_step, target, draft)?;
     let measured = opts.runs * opts.prompts.len();
     let total = (2 + gammas.len()) * (opts.warmup + measured);
     let mut done = 0;
@@ -138,9 +142,9 @@ pub fn run_bench(
                     let g = match mode {
                         BenchMode::Small => generate_autoregressive(draft, prompt, &opts.gen)?,
                         BenchMode::Target => generate_autoregressive(target, prompt, &opts.gen)?,
-                        BenchMode::Spec => generate_speculative_with_gamma(
-                            target, draft, prompt, &opts.gen, gamma,
-                        )?,
+                        BenchMode::Spec => {
+                            generate_spec(target, draft, prompt, &opts.gen, gamma, spec_step)?
+                        }
                     };
                     if warm {
                         continue;
@@ -217,6 +221,7 @@ pub fn run_bench(
         target: opts.target_name.clone(),
         draft: opts.draft_name.clone(),
         sweep,
+        spec_step,
         machine: opts.machine.clone(),
     })
 }
@@ -294,9 +299,14 @@ fn summarize(mode: BenchMode, runs: Vec<Stats>) -> ModeReport<Stats> {
 /// and with several γ the sweep table.
 pub fn markdown(report: &BenchReport) -> String {
     let mut out = format!(
-        "Speed on {}: γ = {}, {}, {} prompts × {} runs (+{} warm-up); median (min–max).\n\n{}",
+        "Speed on {}: γ = {}{}, {}, {} prompts × {} runs (+{} warm-up); median (min–max).\n\n{}",
         report.machine.description,
         gamma_label(report.gamma, report.gamma_auto),
+        if report.spec_step == SpecStep::Device {
+            " (spec steps on the device)"
+        } else {
+            ""
+        },
         report.new_tokens_label(),
         report.prompts.len(),
         report.runs,

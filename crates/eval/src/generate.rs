@@ -3,12 +3,10 @@
 use anyhow::{bail, Result};
 use serde::Serialize;
 use spedec_sampling::derive_seed;
-use spedec_speculative::{
-    generate_autoregressive, generate_speculative_with_gamma, GammaChoice, GenConfig, Stats,
-    StopReason,
-};
+use spedec_speculative::{generate_autoregressive, GammaChoice, GenConfig, Stats, StopReason};
 
 use crate::models::{check_draft, LoadedModel};
+use crate::spec_step::{generate_spec, SpecStep};
 
 /// One generated continuation, as printed with `--json`.
 #[derive(Debug, Clone, Serialize)]
@@ -28,13 +26,16 @@ pub struct Sample {
 
 /// Generates `samples` continuations of `prompt`; sample `i` uses seed `derive_seed(seed, i)`
 /// (sample 0 of a single-sample run uses `seed` itself, so `--seed S` reproduces it alone).
-/// With a draft, each step drafts as `gamma` says (`cfg.gamma` is not used).
+/// With a draft, each step drafts as `gamma` says (`cfg.gamma` is not used) and runs where
+/// `step` says.
+#[allow(clippy::too_many_arguments)]
 pub fn generate(
     target: &mut LoadedModel,
     mut draft: Option<&mut LoadedModel>,
     prompt: &str,
     cfg: GenConfig,
     gamma: GammaChoice,
+    step: SpecStep,
     samples: usize,
     mut emit: impl FnMut(&Sample) -> Result<()>,
 ) -> Result<()> {
@@ -56,12 +57,13 @@ pub fn generate(
         };
         let run = GenConfig { seed, ..cfg };
         let generation = match draft.as_deref_mut() {
-            Some(d) => generate_speculative_with_gamma(
+            Some(d) => generate_spec(
                 target.lm.as_mut(),
                 d.lm.as_mut(),
                 &prompt_tokens,
                 &run,
                 &gamma,
+                step,
             )?,
             None => generate_autoregressive(target.lm.as_mut(), &prompt_tokens, &run)?,
         };

@@ -8,3 +8,4 @@ pub mod gpu_check;
 pub mod kernels_bench;
 pub mod models;
 pub mod ppl;
+pub mod spec_step;

@@ -13,6 +13,7 @@ use spedec_eval::bench::{
 use spedec_eval::generate::generate;
 use spedec_eval::models::{check_draft, host_machine, load_model_on, Device, LoadedModel};
 use spedec_eval::ppl::{perplexity, Method, PplReport, Windows};
+use spedec_eval::spec_step::SpecStep;
 use spedec_report::{check_writable, write_atomic};
 use spedec_sampling::Sampler;
 use spedec_speculative::{GammaChoice, GenConfig, StopReason};
@@ -124,6 +125,13 @@ struct BenchArgs {
     #[arg(long, alias = "draft-max", value_delimiter = ',', default_value = "4",
           value_parser = parse_gamma, value_name = "N|auto")]
     gamma: Vec<GammaChoice>,
+    /// Where a speculative step samples and decides: `device` keeps logits, sampling and
+    /// the accept/reject decision on the GPU (both models on CUDA; the host reads back a few
+    /// integers a step), `host` copies every forward's logits back and samples on the CPU;
+    /// `auto`: device when both models run on CUDA. Greedy output is the same either way;
+    /// sampled output has the same distribution but another random stream.
+    #[arg(long, value_parser = one_of::<SpecStep>(SpecStep::NAMES), default_value_t = SpecStep::Auto)]
+    spec_step: SpecStep,
     /// New tokens per run (fewer when the context fills up).
     #[arg(short = 'n', long, default_value_t = 200)]
     max_new_tokens: usize,
@@ -213,6 +221,13 @@ struct GenerateArgs {
     #[arg(long, alias = "draft-max", default_value = "4", value_parser = parse_gamma,
           value_name = "N|auto")]
     gamma: GammaChoice,
+    /// Where a speculative step samples and decides: `device` keeps logits, sampling and
+    /// the accept/reject decision on the GPU (both models on CUDA; the host reads back a few
+    /// integers a step), `host` copies every forward's logits back and samples on the CPU;
+    /// `auto`: device when both models run on CUDA. Greedy output is the same either way;
+    /// sampled output has the same distribution but another random stream.
+    #[arg(long, value_parser = one_of::<SpecStep>(SpecStep::NAMES), default_value_t = SpecStep::Auto)]
+    spec_step: SpecStep,
     /// Text to continue.
     #[arg(short = 'p', long)]
     prompt: String,
@@ -480,6 +495,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         &args.prompt,
         cfg,
         args.gamma,
+        args.spec_step,
         args.samples,
         |sample| {
             let mut out = std::io::stdout().lock();
@@ -624,6 +640,7 @@ fn run_bench_cmd(args: BenchArgs) -> Result<()> {
         target_name: target.name.clone(),
         draft_name: draft.name.clone(),
         machine: target.machine.clone(),
+        spec_step: args.spec_step,
     };
     let bar = ProgressBar::new_spinner();
     bar.enable_steady_tick(Duration::from_millis(200));

@@ -38,4 +38,9 @@ pub trait Lm {
     }
     /// Keeps the first `len` cached tokens (`len <= self.len()`).
     fn truncate(&mut self, len: usize) -> anyhow::Result<()>;
+    /// The model as [`std::any::Any`], so code holding a `dyn Lm` can reach a concrete
+    /// model's own API (the CUDA model's device speculative step). `None` by default.
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
 }

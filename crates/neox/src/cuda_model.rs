@@ -17,14 +17,20 @@
 //! - The linear kernel: [`LinearKernel::Simt`] (CUDA cores, the default) or
 //!   [`LinearKernel::TensorCore`] (sm_80+), chosen by [`CudaModel::set_linear_kernel`].
 //!
+//! - Speculation on the device: [`CudaModel::device_spec`] pairs a target with a draft as a
+//!   [`spedec_speculative::SpecEngine`] whose logits, sampling and decision stay on the GPU
+//!   ([`speculate`]).
+//!
 //! Modules: [`engine`] (the forward over any kernel backend, in steps or layer-major, like
-//! the CPU model); the device backend itself is [`spedec_cuda::GpuBackend`].
+//! the CPU model), [`speculate`] (the device speculative step over any kernel backend); the
+//! device backend itself is [`spedec_cuda::GpuBackend`].
 
 pub mod engine;
+pub mod speculate;
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, ensure, Result};
 use spedec_cuda::{GpuBackend, GpuContext};
 use spedec_lm::{Lm, Logits};
 
@@ -32,6 +38,7 @@ use crate::config::Config;
 use crate::weights::Weights;
 
 pub use engine::{Engine, MAX_ROWS, PREFILL_ROWS};
+pub use speculate::{DeviceSpec, MAX_DEVICE_GAMMA};
 pub use spedec_cuda::{GraphStats, LinearKernel};
 
 /// Environment variable that turns CUDA graphs off when set to `0` (or `false` / `off`).
@@ -156,6 +163,21 @@ impl CudaModel {
         self.engine.linear_kernel()
     }
 
+    /// This model as the target and `draft` as the draft of a speculative step that runs on
+    /// the GPU ([`speculate`]): hand it to `spedec_speculative::generate_speculative_on`.
+    /// Errors when the two models are on different GPU contexts.
+    pub fn device_spec<'a>(
+        &'a mut self,
+        draft: &'a mut CudaModel,
+    ) -> Result<DeviceSpec<'a, GpuBackend>> {
+        ensure!(
+            Arc::ptr_eq(self.gpu(), draft.gpu()),
+            "the draft and the target are on different GPU contexts: a device speculative step \
+             needs both on one (load them with the shared context)"
+        );
+        DeviceSpec::new(&mut self.engine, &mut draft.engine)
+    }
+
     /// Rows per layer-major prefill chunk (default [`PREFILL_ROWS`]; at least 1).
     pub fn set_prefill_rows(&mut self, rows: usize) -> Result<()> {
         self.engine.set_prefill_rows(rows)
@@ -182,5 +204,8 @@ impl Lm for CudaModel {
     }
     fn truncate(&mut self, len: usize) -> Result<()> {
         self.engine.truncate(len)
+    }
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
 }

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{fmt_opt, Machine, Summary};
+use crate::{fmt_opt, Machine, SpecStep, Summary};
 
 /// The three modes of the seed study.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,8 +108,17 @@ pub struct BenchReport<R = serde_json::Value> {
     /// also `modes`' spec entry); empty for a single γ.
     #[serde(default)]
     pub sweep: Vec<SweepPoint<R>>,
+    /// Where the spec runs' steps ran: `host` (logits back to the host every forward) or
+    /// `device` (sampling and decision on the GPU); `host` in reports written before it was
+    /// recorded.
+    #[serde(default = "host_step")]
+    pub spec_step: SpecStep,
     #[serde(flatten)]
     pub machine: Machine,
+}
+
+fn host_step() -> SpecStep {
+    SpecStep::Host
 }
 
 /// The spec runs of one γ (fixed or auto) of a sweep.
@@ -363,6 +372,7 @@ mod tests {
             ("new_tokens", json!(null)),
             ("gamma_auto", json!(false)),
             ("sweep", json!([])),
+            ("spec_step", json!("host")),
         ] {
             want[k] = v;
         }

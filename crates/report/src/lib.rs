@@ -55,7 +55,7 @@ pub mod ppl;
 pub mod summary;
 pub mod write;
 
-pub use device::Device;
+pub use device::{Device, SpecStep};
 pub use machine::{Gpu, Machine};
 pub use summary::{fmt_opt, format_bytes, Summary};
 pub use write::{check_writable, write_atomic, write_atomic_with};

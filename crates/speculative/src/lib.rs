@@ -7,6 +7,9 @@
 //!   them, lossless rejection sampling (Leviathan et al. 2023; Chen et al. 2023);
 //!   [`generate_speculative_with_gamma`] with [`GammaChoice::Auto`] picks γ per step from the
 //!   measured acceptance and costs ([`GammaPolicy`]).
+//! - [`SpecEngine`]: one speculative step wherever it runs (the host pair inside
+//!   [`generate_speculative`]; the CUDA model's device step in `spedec-neox`), driven by
+//!   [`generate_speculative_on`].
 //! - [`GenConfig`] in, [`Generation`] (tokens, [`StopReason`], [`Stats`]) out.
 //! - [`token_nll`] / [`NllTotals`]: target, draft and "speculative" perplexity of scored text.
 
@@ -18,6 +21,7 @@ mod ppl;
 mod run;
 mod speculative;
 mod stats;
+mod step;
 mod verify;
 
 pub use autoregressive::generate_autoregressive;
@@ -27,10 +31,14 @@ pub use gamma::{
     MAX_AUTO_GAMMA,
 };
 pub use ppl::{token_nll, NllTotals, Perplexities, TokenNll};
-pub use speculative::{generate_speculative, generate_speculative_with_gamma};
+pub use run::check_prompt_fits;
+pub use speculative::{
+    generate_speculative, generate_speculative_on, generate_speculative_with_gamma,
+};
 pub use spedec_lm::{Lm, Logits};
 pub use spedec_sampling::{Sampler, SamplingParams};
 pub use stats::{Mode, Stats, Timing};
+pub use step::{check_vocabularies, SpecEngine, Start, StepOutcome, StepTimes};
 
 /// Hooks for tests: run the generators with a chosen source of randomness, or (with the
 /// test-only feature `fault-injection`) with a deliberately broken acceptance rule, to show

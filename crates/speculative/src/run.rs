@@ -7,10 +7,15 @@ use spedec_lm::Lm;
 
 /// Checks that the prompt is non-empty, its ids fit `model`'s vocabulary and it fits the context.
 pub(crate) fn check_prompt<M: Lm + ?Sized>(prompt: &[u32], model: &M, name: &str) -> Result<()> {
+    check_prompt_fits(prompt, model.vocab_size(), model.max_len(), name)
+}
+
+/// Checks that `prompt` is non-empty, its ids are below `vocab` and it has at most `max_len`
+/// tokens, naming the model `name` ("target", "draft") in the error.
+pub fn check_prompt_fits(prompt: &[u32], vocab: usize, max_len: usize, name: &str) -> Result<()> {
     if prompt.is_empty() {
         bail!("the prompt is empty: generation needs at least one token");
     }
-    let vocab = model.vocab_size();
     if let Some((i, &t)) = prompt
         .iter()
         .enumerate()
@@ -18,11 +23,10 @@ pub(crate) fn check_prompt<M: Lm + ?Sized>(prompt: &[u32], model: &M, name: &str
     {
         bail!("prompt token {i} has id {t}, outside the {name} model's vocabulary of {vocab}");
     }
-    if prompt.len() > model.max_len() {
+    if prompt.len() > max_len {
         bail!(
-            "the prompt has {} tokens, more than the {name} model's context of {}",
+            "the prompt has {} tokens, more than the {name} model's context of {max_len}",
             prompt.len(),
-            model.max_len()
         );
     }
     Ok(())

@@ -26,21 +26,24 @@
 //! per step the γ draft draws, one uniform per examined draft (`u < min(1, p/q)`), and one
 //! draw for the replacement or bonus token.
 //!
+//! The step itself runs behind [`SpecEngine`] (`crate::step`): on the host for any two [`Lm`]s
+//! ([`generate_speculative`], the random stream above), or on a device
+//! ([`generate_speculative_on`] with the CUDA model's device step, whose uniforms come from
+//! Philox keyed by position, stream and step instead). This loop — γ per step, clipping,
+//! emission, stopping, stats — is the same for both.
+//!
 //! On return the target's cache holds `prompt + tokens` without the last token; the draft's
 //! holds a prefix of that, at most two tokens shorter (three after a final γ = 0 step, and more
 //! only when the draft's context was full). Both caches are reset (`truncate(0)`) at the start.
 
-use std::time::Instant;
-
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, Result};
 use spedec_sampling::Rng;
 
 use crate::config::{GenConfig, Generation, StopReason, EOS_TOKEN};
 use crate::decide::{Decisions, Fault};
 use crate::gamma::{GammaChoice, GammaPolicy, StepObservation};
-use crate::run::{check_prompt, forward, forward_last, truncate};
 use crate::stats::{Bucket, Mode, Recorder};
-use crate::verify::{choose, draw_draft, verify};
+use crate::step::{HostSpec, SpecEngine, StepTimes};
 use spedec_lm::Lm;
 
 /// Generates up to `cfg.max_new_tokens` tokens after `prompt` with `target`, drafting `cfg.gamma`
@@ -79,18 +82,6 @@ pub fn generate_speculative_with_gamma<T: Lm + ?Sized, D: Lm + ?Sized>(
     )
 }
 
-/// Appends `token`; says whether generation must stop after it.
-fn emit(seq: &mut Vec<u32>, token: u32, prompt_len: usize, cfg: &GenConfig) -> Option<StopReason> {
-    seq.push(token);
-    if cfg.stop_at_eos && token == EOS_TOKEN {
-        Some(StopReason::Eos)
-    } else if seq.len() - prompt_len == cfg.max_new_tokens {
-        Some(StopReason::MaxNewTokens)
-    } else {
-        None
-    }
-}
-
 /// [`generate_speculative_with_gamma`] with the random decisions taken from `decisions` and an
 /// optional deliberate [`Fault`] (tests only: exported as `testing::speculative_with` with the
 /// feature `fault-injection`).
@@ -103,6 +94,38 @@ pub fn speculative_with<T: Lm + ?Sized, D: Lm + ?Sized>(
     decisions: &mut dyn Decisions,
     fault: Fault,
 ) -> Result<Generation> {
+    let mut engine = HostSpec::new(target, draft, decisions, fault)?;
+    generate_speculative_on(&mut engine, prompt, cfg, gamma_choice)
+}
+
+/// Appends `token`; says whether generation must stop after it.
+fn emit(seq: &mut Vec<u32>, token: u32, prompt_len: usize, cfg: &GenConfig) -> Option<StopReason> {
+    seq.push(token);
+    if cfg.stop_at_eos && token == EOS_TOKEN {
+        Some(StopReason::Eos)
+    } else if seq.len() - prompt_len == cfg.max_new_tokens {
+        Some(StopReason::MaxNewTokens)
+    } else {
+        None
+    }
+}
+
+fn add_times(rec: &mut Recorder, t: &StepTimes) {
+    rec.add(Bucket::Draft, t.draft_s);
+    rec.add(Bucket::Target, t.target_s);
+    rec.add(Bucket::Sampling, t.sampling_s);
+}
+
+/// Speculative generation with the steps run by `engine` (the host pair behind
+/// [`generate_speculative`], or a device engine), γ chosen by `gamma_choice` and clipped to
+/// the engine's [`SpecEngine::max_gamma`]. `cfg.seed` keys a counter-based engine; the same
+/// guarantees as [`generate_speculative`] hold for any correct engine.
+pub fn generate_speculative_on(
+    engine: &mut dyn SpecEngine,
+    prompt: &[u32],
+    cfg: &GenConfig,
+    gamma_choice: &GammaChoice,
+) -> Result<Generation> {
     cfg.validate()?;
     let mut policy = match gamma_choice {
         GammaChoice::Fixed(0) => bail!("gamma (draft tokens per step) must be at least 1"),
@@ -112,16 +135,7 @@ pub fn speculative_with<T: Lm + ?Sized, D: Lm + ?Sized>(
             Some(GammaPolicy::new(*auto))
         }
     };
-    if draft.vocab_size() != target.vocab_size() {
-        bail!(
-            "the draft model's vocabulary ({}) differs from the target's ({}): their token ids \
-             and distributions cannot be compared",
-            draft.vocab_size(),
-            target.vocab_size()
-        );
-    }
-    check_prompt(prompt, target, "target")?;
-    check_prompt(prompt, draft, "draft")?;
+    engine.check_prompt(prompt)?;
     let mut rec = Recorder::new(Mode::Speculative, prompt.len(), gamma_choice.max());
     rec.set_gamma_auto(gamma_choice.is_auto());
     if cfg.max_new_tokens == 0 {
@@ -132,21 +146,18 @@ pub fn speculative_with<T: Lm + ?Sized, D: Lm + ?Sized>(
             stats,
         });
     }
-    let (target_ctx, draft_ctx) = (target.max_len(), draft.max_len());
+    let (target_ctx, draft_ctx) = engine.max_len();
+    let max_gamma = engine.max_gamma();
     let sampler = &cfg.sampler;
-    truncate(target, 0, "target")?;
-    truncate(draft, 0, "draft")?;
 
     // Prefill both models; the first token comes from the target's last prompt row.
     rec.draft_call();
-    rec.time(Bucket::Prefill, || forward_last(draft, prompt, "draft"))?;
     rec.target_call();
-    let logits = rec.time(Bucket::Prefill, || forward_last(target, prompt, "target"))?;
-    let first = rec.time(Bucket::Sampling, || {
-        choose(logits.last(), sampler, decisions)
-    })?;
+    let start = engine.start(prompt, sampler, cfg.seed)?;
+    rec.add(Bucket::Prefill, start.prefill_s);
+    rec.add(Bucket::Sampling, start.sampling_s);
     let mut seq = prompt.to_vec();
-    let first_stop = emit(&mut seq, first, prompt.len(), cfg);
+    let first_stop = emit(&mut seq, start.first, prompt.len(), cfg);
     rec.first_token();
 
     let stop_reason = match first_stop {
@@ -162,72 +173,31 @@ pub fn speculative_with<T: Lm + ?Sized, D: Lm + ?Sized>(
                 None => gamma_choice.max(),
             };
             let gamma = wanted
+                .min(max_gamma)
                 .min(remaining - 1)
                 .min(target_ctx - n)
                 .min((draft_ctx + 1).saturating_sub(n));
 
-            // Draft γ tokens (the draft first catches up on the tokens it has not seen).
-            let draft_start = Instant::now();
-            let mut draft_calls = 0;
-            let mut drafts = Vec::with_capacity(gamma);
-            if gamma > 0 {
-                let m = draft.len();
-                ensure!(
-                    m < n,
-                    "internal: the draft cache ({m}) is not behind the sequence ({n})"
-                );
-                let pending = seq[m..].to_vec();
+            let step = engine.step(&seq, gamma, sampler, cfg.stop_at_eos)?;
+            for _ in 0..step.draft_calls {
                 rec.draft_call();
-                draft_calls += 1;
-                let mut logits =
-                    rec.time(Bucket::Draft, || forward_last(draft, &pending, "draft"))?;
-                loop {
-                    let d = rec.time(Bucket::Sampling, || {
-                        draw_draft(logits.last(), sampler, decisions, fault)
-                    })?;
-                    let token = d.token;
-                    drafts.push(d);
-                    if drafts.len() == gamma || (cfg.stop_at_eos && token == EOS_TOKEN) {
-                        break;
-                    }
-                    rec.draft_call();
-                    draft_calls += 1;
-                    logits = rec.time(Bucket::Draft, || forward(draft, &[token], "draft"))?;
-                }
             }
-            let verify_start = Instant::now();
-
-            // Verify all drafts with one target call, then roll both caches back.
-            let mut fed = Vec::with_capacity(drafts.len() + 1);
-            fed.push(seq[n - 1]);
-            fed.extend(drafts.iter().map(|d| d.token));
             rec.target_call();
-            let logits = rec.time(Bucket::Target, || forward(target, &fed, "target"))?;
-            let verdict = rec.time(Bucket::Sampling, || {
-                verify(&logits, &drafts, sampler, decisions, fault)
-            })?;
-            let kept = n + verdict.accepted;
-            rec.time(Bucket::Target, || truncate(target, kept, "target"))?;
-            let verify_s = verify_start.elapsed().as_secs_f64();
-            if draft.len() > kept {
-                rec.time(Bucket::Draft, || truncate(draft, kept, "draft"))?;
-            }
-            if !drafts.is_empty() {
-                rec.verify_step(drafts.len(), verdict.accepted);
+            add_times(&mut rec, &step.times);
+            if step.drafted > 0 {
+                rec.verify_step(step.drafted, step.accepted.len());
                 if let Some(p) = &mut policy {
                     p.observe(&StepObservation {
-                        drafted: drafts.len(),
-                        accepted: verdict.accepted,
-                        draft_calls,
-                        draft_s: (verify_start - draft_start).as_secs_f64(),
-                        verify_rows: fed.len(),
-                        verify_s,
+                        drafted: step.drafted,
+                        accepted: step.accepted.len(),
+                        draft_calls: step.draft_calls,
+                        draft_s: step.draft_phase_s,
+                        verify_rows: step.verify_rows,
+                        verify_s: step.verify_phase_s,
                     });
                 }
             }
-
-            let accepted = drafts[..verdict.accepted].iter().map(|d| d.token);
-            for token in accepted.chain([verdict.next]) {
+            for &token in step.accepted.iter().chain([&step.next]) {
                 if let Some(reason) = emit(&mut seq, token, prompt.len(), cfg) {
                     break 'generate reason;
                 }
@@ -236,13 +206,8 @@ pub fn speculative_with<T: Lm + ?Sized, D: Lm + ?Sized>(
     };
 
     // Tokens after an EOS inside a step were verified but are not kept.
-    let keep = seq.len() - 1;
-    if target.len() > keep {
-        rec.time(Bucket::Target, || truncate(target, keep, "target"))?;
-    }
-    if draft.len() > keep {
-        rec.time(Bucket::Draft, || truncate(draft, keep, "draft"))?;
-    }
+    let trimmed = engine.finish(seq.len() - 1)?;
+    add_times(&mut rec, &trimmed);
     let tokens = seq.split_off(prompt.len());
     let stats = rec.finish(tokens.len());
     Ok(Generation {

@@ -162,6 +162,11 @@ impl Recorder {
         r
     }
 
+    /// Adds `secs` seconds measured elsewhere (by a [`crate::SpecEngine`]) to `bucket`.
+    pub(crate) fn add(&mut self, bucket: Bucket, secs: f64) {
+        self.times[bucket as usize] += Duration::from_secs_f64(secs.max(0.0));
+    }
+
     /// Marks γ as chosen per step.
     pub(crate) fn set_gamma_auto(&mut self, auto: bool) {
         self.stats.gamma_auto = auto;

@@ -3,14 +3,18 @@
 use anyhow::{bail, ensure, Result};
 use serde_json::{json, Value};
 use spedec_neox::{Config, CpuModel, Isa, Lm, Tokenizer, Weights};
-use spedec_speculative::{generate_autoregressive, generate_speculative, GenConfig, Sampler};
+use spedec_speculative::{
+    generate_autoregressive, generate_speculative, GammaChoice, GenConfig, Sampler,
+};
 
 use crate::compare::{compare, diff_outcome, skipped, to_json};
-use crate::env::{test_tokens, Env, Model};
+use crate::device_bench;
+use crate::env::{generate_on_device, test_tokens, Env, Model};
 use crate::fixtures::{fixture_dirs, read_golden};
-use crate::kernels::{all_passed, format_table, run_checks, CheckOptions};
+use crate::kernels::{all_passed, format_table, run_checks, CheckOptions, PYTHIA_2_8B, PYTHIA_70M};
 use crate::report::{Outcome, Recorder, Status};
 use crate::LOGIT_TOL;
+use spedec_report::kernels::linear_table_md;
 
 /// The prompt of the speculative checks.
 pub(crate) const PROMPT: &str =
@@ -52,6 +56,56 @@ pub(crate) fn kernels(env: &Env, rec: &mut Recorder) {
                     "results": rows }),
         ))
     });
+    linears_vs_cublas(env, rec, &gpu);
+}
+
+/// Our linears (SIMT at M ≤ 16, tensor cores) against cuBLAS at Pythia-70m / 2.8b shapes
+/// and M = 1, 5, 16, 128, 2048, weights rotated past the L2 (`device_bench`): INFO with the
+/// table, FAIL where cuBLAS cannot be loaded (our times still reported) or disagrees with us.
+fn linears_vs_cublas(env: &Env, rec: &mut Recorder, gpu: &std::sync::Arc<spedec_cuda::GpuContext>) {
+    rec.check(
+        "linears vs cuBLAS (70m, 2.8b; M = 1, 5, 16, 128, 2048; weights rotated past L2)",
+        || {
+            let bench = device_bench::linears_vs_cublas(
+                gpu,
+                &[PYTHIA_70M, PYTHIA_2_8B],
+                env.pick(5, 2),
+            )?;
+            env.say(linear_table_md(&bench.rows).trim_end());
+            let worst = bench
+                .rows
+                .iter()
+                .filter_map(|r| r.ratio.map(|q| (q, r)))
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            let mut detail = match &bench.cublas {
+                Ok(v) => format!("{} rows against cuBLAS {v}", bench.rows.len()),
+                Err(e) => format!("{} rows, ours only: {e}", bench.rows.len()),
+            };
+            if let Some((q, r)) = worst {
+                let _ = std::fmt::Write::write_fmt(
+                    &mut detail,
+                    format_args!(
+                        "; slowest vs cuBLAS: {} {} M={} {} {:.2}×",
+                        r.model, r.matrix, r.m, r.kernel, q
+                    ),
+                );
+            }
+            if !bench.mismatches.is_empty() {
+                detail = format!("ours and cuBLAS disagree: {}; {detail}", bench.mismatches.join(", "));
+            }
+            let ok = bench.cublas.is_ok() && bench.mismatches.is_empty();
+            Ok(Outcome::new(
+                if ok { Status::Info } else { Status::Fail },
+                detail,
+                json!({ "cublas": bench.cublas.as_ref().ok(), "cublas_error": bench.cublas.as_ref().err(),
+                        "cublas_call": device_bench::CUBLAS_CALL,
+                        "working_set_bytes": device_bench::WORKING_SET_BYTES,
+                        "timing": "CUDA events around up to 32 calls queued behind a 1 GiB read probe, each call on the next weight copy; median of the runs",
+                        "max_abs_vs_cublas": bench.max_abs_vs_cublas, "mismatches": bench.mismatches,
+                        "rows": bench.rows }),
+            ))
+        },
+    );
 }
 
 /// (b) CUDA vs CPU logits on the fixtures (and vs their HF goldens) and on the draft model.
@@ -271,6 +325,35 @@ pub(crate) fn speculative(env: &Env, rec: &mut Recorder) {
             let spec = generate_speculative(t.lm(), d.lm(), &prompt, &cfg)?;
             draft = Some(d);
             same_tokens(&ar.tokens, &spec.tokens, &spec.stats, None)
+        },
+    );
+    rec.check(
+        &format!(
+            "greedy spec on the device == greedy AR ({target_spec} ← {draft_spec}, γ = 4 and 15)"
+        ),
+        || {
+            let (_, mut t) = env.open(&target_spec, Some(512))?;
+            let mut d = match draft.take() {
+                Some(d) => d,
+                None => env.open(&draft_spec, Some(512))?.1,
+            };
+            let ar = generate_autoregressive(t.lm(), &prompt, &cfg)?;
+            let mut out = None;
+            for gamma in [4, 15] {
+                let choice = GammaChoice::Fixed(gamma);
+                let Some(spec) = generate_on_device(&mut t, &mut d, &prompt, &cfg, &choice)? else {
+                    draft = Some(d);
+                    return Ok(skipped("the device step needs both models on CUDA"));
+                };
+                let o = same_tokens(&ar.tokens, &spec.tokens, &spec.stats, None)?;
+                let failed = o.status == Status::Fail;
+                out = Some(o);
+                if failed {
+                    break;
+                }
+            }
+            draft = Some(d);
+            out.ok_or_else(|| anyhow::anyhow!("no device run"))
         },
     );
     rec.check(

@@ -3,4 +3,5 @@
 
 pub(crate) mod correctness;
 pub(crate) mod hf;
+pub(crate) mod sampled;
 pub(crate) mod timing;

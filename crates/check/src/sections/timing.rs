@@ -6,22 +6,26 @@
 //! positions copied in, the step's launches (a graph replay), the logits copied out,
 //! synchronised. Warm-up calls first, then repeats; median and min–max are reported. The
 //! floor of a step is `bytes_per_token / bandwidth`: the f16 weights must be read once per
-//! step, at best at the measured device-to-device copy bandwidth (read + write bytes over
-//! time, the usual "effective bandwidth" of a copy).
+//! step, at best at the read bandwidth of the read-only probe (`kernels/probe.cu`, the best
+//! of a few block counts over 1 GiB); without a GPU, the copy bandwidth (read + write bytes
+//! over time, the usual "effective bandwidth" of a copy), which is measured on both.
 
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
 use serde_json::{json, Value};
 use spedec_neox::Tokenizer;
-use spedec_speculative::{generate_autoregressive, generate_speculative, GenConfig, Lm, Sampler};
+use spedec_speculative::{
+    generate_autoregressive, generate_speculative, GammaChoice, GenConfig, Lm, Sampler,
+};
 
 use spedec_report::bench::leviathan_speedup;
 use spedec_report::Summary;
 
 use super::correctness::PROMPT;
-use crate::compare::to_json;
-use crate::env::{test_tokens, Env, Model};
+use crate::compare::{skipped, to_json};
+use crate::device_bench::read_bandwidth;
+use crate::env::{generate_on_device, test_tokens, Env, Model};
 use crate::report::{ms, summarize, Outcome, Recorder, Status};
 
 /// Draft tokens per verify step in the timing runs (the seed study's γ).
@@ -273,6 +277,43 @@ pub(crate) fn timing(env: &Env, rec: &mut Recorder) {
             json!({ "gb_per_s": gbps, "bytes": bytes, "ms": to_json(&s) }),
         ))
     });
+    // The floor: the read-only probe where there is a GPU (weights are only read), else the
+    // copy bandwidth.
+    match env.gpu.clone() {
+        Some(gpu) => {
+            rec.check("read bandwidth (read-only kernel over 1 GiB, best block count)", || {
+                let r = read_bandwidth(&gpu, env.pick(10, 3))?;
+                bandwidth = Some(r.gb_s);
+                let tried: Vec<String> = r
+                    .tried
+                    .iter()
+                    .map(|(b, g)| format!("{b} blocks {g:.0}"))
+                    .collect();
+                Ok(Outcome::new(
+                    Status::Info,
+                    format!(
+                        "{:.0} GB/s reading {:.2} GB with {} blocks: {} (tried {}); the floor below",
+                        r.gb_s,
+                        r.bytes as f64 / 1e9,
+                        r.blocks,
+                        ms(&r.ms),
+                        tried.join(", ")
+                    ),
+                    json!({ "gb_per_s": r.gb_s, "bytes": r.bytes, "blocks": r.blocks,
+                            "ms": to_json(&r.ms),
+                            "tried": r.tried.iter().map(|(b, g)| json!({ "blocks": b, "gb_per_s": g })).collect::<Vec<_>>(),
+                            "floor_basis": "read" }),
+                ))
+            });
+        }
+        None => {
+            rec.check("read bandwidth (read-only kernel)", || {
+                Ok(skipped(
+                    "needs a GPU; the floor below uses the copy bandwidth",
+                ))
+            });
+        }
+    }
     let (draft_spec, target_spec) = (env.args.draft.clone(), env.args.target.clone());
     let mut models = Vec::new();
     for spec in [&draft_spec, &target_spec] {
@@ -356,34 +397,70 @@ pub(crate) fn timing(env: &Env, rec: &mut Recorder) {
         };
         let runs = env.pick(3, 1);
         let (mut ar_tpot, mut spec_tpot, mut draft_tpot) = (Vec::new(), Vec::new(), Vec::new());
-        let mut last = None;
+        let mut device_tpot = Vec::new();
+        let (mut last, mut last_device) = (None, None);
+        let gamma = GammaChoice::Fixed(GAMMA);
         for i in 0..runs + 1 {
             let ar = generate_autoregressive(target.lm(), &prompt, &cfg)?;
             let dr = generate_autoregressive(draft.lm(), &prompt, &cfg)?;
             let sp = generate_speculative(target.lm(), draft.lm(), &prompt, &cfg)?;
             ensure!(ar.tokens == sp.tokens, "speculative output differs from autoregressive");
+            let dv = generate_on_device(target, draft, &prompt, &cfg, &gamma)?;
+            if let Some(dv) = &dv {
+                ensure!(ar.tokens == dv.tokens, "device speculative output differs from autoregressive");
+            }
             if i > 0 {
                 ar_tpot.push(ar.stats.timing.tpot_s.unwrap_or(f64::NAN) * 1e3);
                 draft_tpot.push(dr.stats.timing.tpot_s.unwrap_or(f64::NAN) * 1e3);
                 spec_tpot.push(sp.stats.timing.tpot_s.unwrap_or(f64::NAN) * 1e3);
+                if let Some(dv) = &dv {
+                    device_tpot.push(dv.stats.timing.tpot_s.unwrap_or(f64::NAN) * 1e3);
+                }
             }
             last = Some(sp.stats);
+            last_device = dv.map(|g| g.stats);
         }
+        let device = match (&last_device, summarize(&device_tpot)) {
+            (Some(st), Ok(dt)) => {
+                let t = &st.timing;
+                let step_s = t.draft_s + t.target_s + t.sampling_s;
+                let per_step = st.mean_accepted_length.unwrap_or(f64::NAN);
+                // (γ·t_draft + t_verify(γ+1)) / E[tokens per step], at the run's acceptance.
+                let model_ms = (GAMMA as f64 * td + tv) / per_step;
+                json!({ "tpot_ms": to_json(&dt), "stats": to_json(st),
+                        "split": { "draft_s": t.draft_s, "verify_s": t.target_s,
+                                   "rest_s": t.sampling_s,
+                                   "rest_fraction": t.sampling_s / step_s },
+                        "cost_model_tpot_ms": model_ms,
+                        "measured_over_model": dt.median / model_ms })
+            }
+            _ => Value::Null,
+        };
         let stats = last.ok_or_else(|| anyhow::anyhow!("no run"))?;
         let (a, s, d) = (summarize(&ar_tpot)?, summarize(&spec_tpot)?, summarize(&draft_tpot)?);
         let alpha = stats.acceptance_rate.unwrap_or(0.0);
         let predicted = leviathan_speedup(alpha, GAMMA, c);
+        let device_text = match &device {
+            Value::Null => String::new(),
+            v => format!(
+                "; steps on the device: TPOT {:.3} ms ({:.2}× the cost model), the rest {:.1} % \
+                 of the step",
+                v["tpot_ms"]["median"].as_f64().unwrap_or(f64::NAN),
+                v["measured_over_model"].as_f64().unwrap_or(f64::NAN),
+                100.0 * v["split"]["rest_fraction"].as_f64().unwrap_or(f64::NAN)
+            ),
+        };
         Ok(Outcome::new(
             Status::Info,
             format!(
                 "TPOT target {:.3} ms, draft {:.3} ms, spec {:.3} ms → measured speedup {:.2}×; \
-                 acceptance {alpha:.3} (random weights), Leviathan at that α: {predicted:.2}×",
+                 acceptance {alpha:.3} (random weights), Leviathan at that α: {predicted:.2}×{device_text}",
                 a.median, d.median, s.median, a.median / s.median
             ),
             json!({ "tpot_ms": { "target": to_json(&a), "draft": to_json(&d), "spec": to_json(&s) },
                     "speedup": a.median / s.median, "acceptance": alpha,
                     "predicted_at_measured_alpha": predicted, "new_tokens": new, "runs": runs,
-                    "spec_stats": to_json(&stats) }),
+                    "spec_stats": to_json(&stats), "device_step": device }),
         ))
     });
 }

@@ -20,7 +20,7 @@
 //! | `h = ln1(x)` (and `ln2(x)` when parallel)  | `add_layernorm_f16` (both LNs of one x in a pass) | the same, P rows                                    |
 //! | `qkv = h·Wqkvᵀ + b`                        | `linear_f16` → f16                                | one linear of M = P (SIMT: 16-row slices)           |
 //! | rotary on q, k; k, v into the cache        | `rotary_kv_f16`                                   | the same, P rows: the layer's K/V of the whole chunk |
-//! | causal attention                           | `attn_partial_f16` + `attn_combine_f16`           | the same, per 16 queries (`attention_rows`)         |
+//! | causal attention                           | `attn_partial_f16` + `attn_combine_f16`           | the same, ≤ 256 queries a pair (`attention_rows`)   |
 //! | `x += attn·Wdᵀ + b`                        | `linear_f16` with the f32 `+=` epilogue           | one linear of M = P                                 |
 //! | sequential only: `h = ln2(x)`              | `add_layernorm_f16`                               | the same, P rows                                    |
 //! | `x += gelu(h·W1ᵀ + b1)·W2ᵀ + b2`           | `linear_f16` (+GELU) → f16, then `+=` into x      | two linears of M = P                                |
@@ -40,9 +40,12 @@
 //! once per chunk, and with the tensor-core kernel each linear is one GEMM with M = P. Its
 //! rotary launch writes the chunk's K and V of the layer into the cache for all P positions
 //! first, so every query's keys (earlier chunks' and its own chunk's, up to its position)
-//! are in the cache when the attention runs in query chunks of 16 (`attention_rows`; the
-//! kernel's limit). Longer prompts run as chunks in order; a chunk's attention reads the
-//! K/V earlier chunks left in every layer. The chunk scratch ([`PREFILL_ROWS`] rows, capped
+//! are in the cache when the attention runs, in slices of up to [`ATT_PREFILL_ROWS`] (256)
+//! queries, each one launch pair (`attention_rows`; the kernel's blocks take 16 queries
+//! each, the slice bounds its f32 scratch: ≈ 42 MB at 2,048 positions on Pythia-2.8b, made
+//! by `KernelBackend::prepare_prefill` beside the chunk's activations), so a 2,048-token
+//! prompt's attention is 8 launch pairs a layer, not 128. Longer prompts run as chunks in
+//! order; a chunk's attention reads the K/V earlier chunks left in every layer. The chunk scratch ([`PREFILL_ROWS`] rows, capped
 //! by the cache capacity) is allocated on the first long prompt, never inside a recorded
 //! step.
 //!
@@ -54,8 +57,9 @@
 //! slicing gives the same bits); the tensor-core linear's K split depends on (N, K) only and
 //! both its tile shapes reduce in the same order (`spedec_cuda::linear_tc`); the attention
 //! splits keys in fixed blocks of 128 positions set by the cache capacity, not by the
-//! queries, and a query reads only keys 0..=pos, so whether later positions were already
-//! written (prefill) or not (decode) does not show. Hence a position's logits are the same
+//! queries, computes a query with the same arithmetic in any 16-query chunk of any launch
+//! (so the slice size does not show either), and a query reads only keys 0..=pos, so
+//! whether later positions were already written (prefill) or not (decode) does not show. Hence a position's logits are the same
 //! bits whether it ran alone, in a 16-row step, or in a layer-major chunk — for either
 //! linear kernel (the two kernels differ from each other).
 //! `crates/check/tests/prefill_emulation.rs` checks this on the host emulation.
@@ -64,7 +68,7 @@ use anyhow::{bail, ensure, Context, Result};
 use half::f16;
 use rayon::prelude::*;
 use spedec_cuda::kernels::consts::ATT_MAX_HD;
-use spedec_cuda::{AttnShape, KernelBackend, LinDest, LinearKernel};
+use spedec_cuda::{AttnShape, KernelBackend, LinDest, LinearKernel, ATT_PREFILL_ROWS};
 use spedec_lm::{KvCursor, Logits};
 
 use crate::config::Config;
@@ -551,20 +555,81 @@ impl<B: KernelBackend> Engine<B> {
         let vocab = self.dims.vocab;
         let start = self.cursor.check_append(tokens, vocab)?;
         let out = if n > MAX_ROWS {
-            self.prefill(tokens, start, last_only)?
+            self.prefill(tokens, start, last_only, true)?
         } else {
-            self.step(tokens, start, last_only)?
+            self.step(tokens, start, last_only, true)?
         };
         self.cursor.advance(n);
         let rows = if last_only { 1 } else { n };
         Ok(Logits::new(out, rows, vocab))
     }
 
-    /// One step of `tokens.len()` <= [`MAX_ROWS`] rows at positions `start..`: logits of
-    /// every row, or of the last only.
-    fn step(&mut self, tokens: &[u32], start: usize, last_only: bool) -> Result<Vec<f32>> {
-        let m = tokens.len();
-        let vocab = self.dims.vocab;
+    /// Appends `tokens` like [`Engine::forward_last`] but leaves the logits on the backend:
+    /// returns the row of [`Engine::logits_buffer`] that holds the last token's logits
+    /// (the same bits `forward_last` returns). Nothing is copied back and nothing waits.
+    pub fn forward_resident(&mut self, tokens: &[u32]) -> Result<usize> {
+        let n = tokens.len();
+        let start = self.cursor.check_append(tokens, self.dims.vocab)?;
+        let row = if n > MAX_ROWS {
+            self.prefill(tokens, start, true, false)?;
+            0
+        } else {
+            self.step(tokens, start, false, false)?;
+            n - 1
+        };
+        self.cursor.advance(n);
+        Ok(row)
+    }
+
+    /// One step of `m` (1..=[`MAX_ROWS`]) rows whose token ids a kernel already wrote to rows
+    /// `0..m` of [`Engine::step_ids`] (a device sampler's picks): positions are written, the
+    /// step runs (replayed from its graph), and its logits `[m, vocab]` stay in rows `0..m` of
+    /// [`Engine::logits_buffer`]. Nothing is copied back and nothing waits. The ids are not
+    /// checked here: the writer keeps them in the vocabulary.
+    pub fn step_resident(&mut self, m: usize) -> Result<()> {
+        ensure!(
+            (1..=MAX_ROWS).contains(&m),
+            "a resident step takes 1..={MAX_ROWS} rows, not {m}"
+        );
+        let start = self
+            .cursor
+            .check_append(&[0u32; MAX_ROWS][..m], self.dims.vocab)?;
+        self.run_step(m, start)?;
+        self.cursor.advance(m);
+        Ok(())
+    }
+
+    /// Writes `ids` (at most [`MAX_ROWS`]) into the start of the step's id buffer, for a
+    /// later [`Engine::step_resident`] (kernels may write the rows after them).
+    pub fn write_step_ids(&mut self, ids: &[u32]) -> Result<()> {
+        ensure!(
+            ids.len() <= MAX_ROWS,
+            "{} step ids for a buffer of {MAX_ROWS}",
+            ids.len()
+        );
+        self.backend.write(ids, &mut self.scratch.ids)
+    }
+
+    /// The step's token-id buffer: u32 `[MAX_ROWS]` (the inputs of [`Engine::step_resident`]).
+    pub fn step_ids(&mut self) -> &mut B::Buf<u32> {
+        &mut self.scratch.ids
+    }
+
+    /// The logits buffer: f32 `[MAX_ROWS, vocab]` (rows of the last step, or row 0 after a
+    /// long prompt's [`Engine::forward_resident`]).
+    pub fn logits_buffer(&self) -> &B::Buf<f32> {
+        &self.logits
+    }
+
+    /// The backend, the logits buffer and the step's id buffer at once (a sampler kernel
+    /// launched on this backend reads the one and writes the other).
+    pub fn resident_parts(&mut self) -> (&mut B, &B::Buf<f32>, &mut B::Buf<u32>) {
+        (&mut self.backend, &self.logits, &mut self.scratch.ids)
+    }
+
+    /// Writes the positions `start..start + m` and runs one step of `m` rows over the ids
+    /// already in the step's id buffer; the logits land in rows `0..m` of `self.logits`.
+    fn run_step(&mut self, m: usize, start: usize) -> Result<()> {
         let Engine {
             backend,
             dims,
@@ -575,17 +640,31 @@ impl<B: KernelBackend> Engine<B> {
             logits,
             ..
         } = self;
-        let mut pos = [0i32; MAX_ROWS];
-        for (i, p) in pos.iter_mut().enumerate().take(m) {
-            *p = (start + i) as i32;
-        }
-        backend.write(tokens, &mut scratch.ids)?;
-        backend.write(&pos[..m], &mut scratch.pos)?;
+        backend.fill_positions(&mut scratch.pos, start, m)?;
         backend.run_step(m, &mut |b| {
             encode(b, dims, shape, params, kv, scratch, logits, m)
-        })?;
+        })
+    }
+
+    /// One step of `tokens.len()` <= [`MAX_ROWS`] rows at positions `start..`: logits of
+    /// every row, or of the last only.
+    /// (`download` false: the logits stay on the backend and an empty vector comes back.)
+    fn step(
+        &mut self,
+        tokens: &[u32],
+        start: usize,
+        last_only: bool,
+        download: bool,
+    ) -> Result<Vec<f32>> {
+        let m = tokens.len();
+        let vocab = self.dims.vocab;
+        self.backend.write(tokens, &mut self.scratch.ids)?;
+        self.run_step(m, start)?;
+        if !download {
+            return Ok(Vec::new());
+        }
         let mut out = vec![0f32; m * vocab];
-        backend.read_into(logits, &mut out)?;
+        self.backend.read_into(&self.logits, &mut out)?;
         if last_only {
             out.drain(..(m - 1) * vocab);
         }
@@ -595,12 +674,27 @@ impl<B: KernelBackend> Engine<B> {
     /// A long input layer-major, in chunks of [`Engine::prefill_rows`] rows at positions
     /// `start..`: logits of every row (unembedded [`MAX_ROWS`] rows at a time), or of the
     /// last only.
-    fn prefill(&mut self, tokens: &[u32], start: usize, last_only: bool) -> Result<Vec<f32>> {
+    /// (`download` false: the logits stay in `self.logits`, only the last row can be asked
+    /// for, and an empty vector comes back.)
+    fn prefill(
+        &mut self,
+        tokens: &[u32],
+        start: usize,
+        last_only: bool,
+        download: bool,
+    ) -> Result<Vec<f32>> {
+        ensure!(
+            download || last_only,
+            "internal: a resident prefill keeps the last row only"
+        );
         let rows = self.prefill_rows.min(self.cursor.capacity()).max(1);
         if self.prefill.as_ref().is_none_or(|p| p.rows != rows) {
             self.prefill = None;
             self.prefill = Some(Activations::new(&mut self.backend, &self.dims, rows)?);
         }
+        // The attention scratch for a chunk's query slices (a no-op once it fits).
+        let slice = attention_slice(&self.backend).min(rows);
+        self.backend.prepare_prefill(&self.shape, slice)?;
         let Engine {
             backend,
             dims,
@@ -616,7 +710,11 @@ impl<B: KernelBackend> Engine<B> {
             .as_mut()
             .ok_or_else(|| anyhow::anyhow!("the prefill scratch was not allocated"))?;
         let (n, vocab, d) = (tokens.len(), dims.vocab, dims.hidden);
-        let mut out = vec![0f32; if last_only { vocab } else { n * vocab }];
+        let mut out = match (download, last_only) {
+            (false, _) => Vec::new(),
+            (true, true) => vec![0f32; vocab],
+            (true, false) => vec![0f32; n * vocab],
+        };
         let mut filled = 0;
         let chunks = n.div_ceil(rows);
         for (c, chunk) in tokens.chunks(rows).enumerate() {
@@ -649,8 +747,10 @@ impl<B: KernelBackend> Engine<B> {
                     vocab,
                     d,
                 )?;
-                backend.read_into(logits, &mut out[filled..filled + r * vocab])?;
-                filled += r * vocab;
+                if download {
+                    backend.read_into(logits, &mut out[filled..filled + r * vocab])?;
+                    filled += r * vocab;
+                }
                 r0 += r;
             }
         }
@@ -772,10 +872,18 @@ fn linear_all<B: KernelBackend>(
     Ok(())
 }
 
+/// Queries per attention call of a long prompt: the backend's bound
+/// ([`KernelBackend::prefill_attention_rows`], [`ATT_PREFILL_ROWS`] on a GPU), kept in
+/// 1..=[`ATT_PREFILL_ROWS`].
+fn attention_slice<B: KernelBackend>(b: &B) -> usize {
+    b.prefill_attention_rows().clamp(1, ATT_PREFILL_ROWS)
+}
+
 /// Enqueue one layer-major prefill chunk of `m` rows (ids and positions already on the
 /// device): every layer over all `m` rows before the next layer, the chunk's K/V written to
-/// the cache before its attention (in query chunks of [`MAX_ROWS`]), and with `final_ln` the
-/// final LayerNorm of all rows into `h1` (the caller unembeds the rows it wants).
+/// the cache before its attention (in slices of up to [`ATT_PREFILL_ROWS`] queries, one
+/// launch pair each), and with `final_ln` the final LayerNorm of all rows into `h1` (the
+/// caller unembeds the rows it wants).
 #[allow(clippy::too_many_arguments)]
 fn encode_prefill<B: KernelBackend>(
     b: &mut B,
@@ -799,6 +907,7 @@ fn encode_prefill<B: KernelBackend>(
         "prefill chunk of {m} rows for a scratch of {}",
         s.rows
     );
+    let slice = attention_slice(b);
     b.embedding(&s.ids, &w.embed_in, &mut s.x, m, vocab, d)?;
     for (lw, cache) in w.layers.iter().zip(kv.iter_mut()) {
         let second = parallel.then_some((&lw.ln2_w, &lw.ln2_b, &mut s.h2));
@@ -819,7 +928,7 @@ fn encode_prefill<B: KernelBackend>(
         )?;
         let mut r0 = 0;
         while r0 < m {
-            let r = (m - r0).min(MAX_ROWS);
+            let r = (m - r0).min(slice);
             b.attention_rows(&s.q, &cache.k, &cache.v, &s.pos, &mut s.attn, r0, r, shape)?;
             r0 += r;
         }
