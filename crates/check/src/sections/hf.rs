@@ -27,10 +27,12 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use spedec_neox::ModelFiles;
-use spedec_speculative::{generate_autoregressive, generate_speculative, GenConfig, Sampler};
+use spedec_speculative::{
+    generate_autoregressive, generate_speculative, GammaChoice, GenConfig, Sampler,
+};
 
 use crate::compare::{compare, diff_outcome, skipped, to_json};
-use crate::env::{Env, Model};
+use crate::env::{generate_on_device, Env, Model};
 use crate::report::{summarize, Outcome, Recorder, Status};
 use crate::LOGIT_TOL;
 
@@ -221,29 +223,55 @@ pub(crate) fn hf(env: &Env, rec: &mut Recorder) {
             seed: 0,
             stop_at_eos: false,
         };
-        let mut per_token = Vec::new();
-        let mut stats = None;
+        // The host step and, with both models on CUDA, the device step, alternating.
+        let (mut per_token, mut device_per_token) = (Vec::new(), Vec::new());
+        let (mut stats, mut device_stats) = (None, None);
+        let choice = GammaChoice::Fixed(gamma);
         for i in 0..env.pick(4, 2) {
             let t0 = Instant::now();
             let g = generate_speculative(t.lm(), d.lm(), &prompt, &cfg)?;
             let ms = t0.elapsed().as_secs_f64() * 1e3 / g.tokens.len().max(1) as f64;
+            let t1 = Instant::now();
+            let dv = generate_on_device(t, d, &prompt, &cfg, &choice)?;
+            let dms = t1.elapsed().as_secs_f64() * 1e3;
+            if let Some(dv) = &dv {
+                ensure!(dv.tokens == g.tokens, "the device step's greedy tokens differ from the host step's");
+            }
             if i > 0 {
                 per_token.push(ms);
+                if let Some(dv) = &dv {
+                    device_per_token.push(dms / dv.tokens.len().max(1) as f64);
+                }
             }
             stats = Some(g.stats);
+            device_stats = dv.map(|g| g.stats);
         }
         let s = summarize(&per_token)?;
+        let dev = summarize(&device_per_token).ok();
         let rate = stats.as_ref().and_then(|s| s.acceptance_rate).unwrap_or(0.0);
+        let device_text = dev
+            .as_ref()
+            .map(|v| {
+                format!(
+                    "; steps on the device {:.3} ms/token → {:.1}×",
+                    v.median,
+                    hf_ms / v.median
+                )
+            })
+            .unwrap_or_default();
         Ok(Outcome::new(
             Status::Info,
             format!(
                 "spedec spec {:.3} ms/token vs HF assisted {hf_ms:.3} ms/token → {:.1}× (γ = {gamma}, \
-                 acceptance {rate:.3}; random weights)",
+                 acceptance {rate:.3}; random weights){device_text}",
                 s.median,
                 hf_ms / s.median
             ),
             json!({ "spedec_ms_per_token": to_json(&s), "hf": assisted, "speedup": hf_ms / s.median,
-                    "stats": to_json(&stats) }),
+                    "stats": to_json(&stats),
+                    "device_step": dev.as_ref().map(|v| json!({
+                        "ms_per_token": to_json(v), "speedup": hf_ms / v.median,
+                        "stats": to_json(&device_stats) })) }),
         ))
     });
 }

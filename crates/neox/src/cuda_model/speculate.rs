@@ -29,9 +29,11 @@
 //! Greedy output is the same token for token. γ is at most [`MAX_DEVICE_GAMMA`] (the verify
 //! of γ + 1 rows is one recorded step).
 //!
-//! Timing: marks (CUDA events) at the draft phase's start, the verify's start, after the
-//! verify forward and after the decision split each step into draft, target and sampling
-//! seconds without waiting in between.
+//! Timing: marks (CUDA events) at the draft phase's start, around every pick, at the
+//! verify's start, after the verify forward and after the decision split each step into
+//! draft forwards, the verify forward and the rest (picks, processing, decision: the
+//! sampling bucket) without waiting in between. The γ policy sees the whole draft phase
+//! (forwards and picks) and the whole verify (forward and decision), as on the host.
 //!
 //! Both engines' backends must address each other's buffers: one GPU context (the models of
 //! a process share [`super::shared_gpu`]), or the host emulation.
@@ -235,6 +237,8 @@ impl<B: KernelBackend> SpecEngine for DeviceSpec<'_, B> {
         let t0 = target.backend_mut().mark()?;
         target.write_step_ids(&seq[n - 1..])?;
         let mut draft_calls = 0;
+        // Marks around each pick, so the split counts them as sampling, not as drafting.
+        let mut pick_marks = Vec::with_capacity(gamma);
         if gamma > 0 {
             // The draft first catches up on the tokens it has not seen.
             let m = draft.len();
@@ -248,6 +252,7 @@ impl<B: KernelBackend> SpecEngine for DeviceSpec<'_, B> {
                 let last = i + 1 == gamma;
                 let verify_ids = target.step_ids();
                 let (b, logits, draft_ids) = draft.resident_parts();
+                let before = b.mark()?;
                 let probs = random.then_some((&mut bufs.q, i));
                 let dest = PickDest {
                     token: (&mut bufs.drafts, i),
@@ -266,6 +271,7 @@ impl<B: KernelBackend> SpecEngine for DeviceSpec<'_, B> {
                     Stream::Draft,
                     index,
                 )?;
+                pick_marks.push((before, b.mark()?));
                 if !last {
                     draft.step_resident(1).context("draft forward")?;
                     draft_calls += 1;
@@ -312,7 +318,12 @@ impl<B: KernelBackend> SpecEngine for DeviceSpec<'_, B> {
         b.read_into(&bufs.out, &mut out[..gamma + 2])?;
         let draft_phase_s = b.seconds_between(&t0, &t1)?;
         let target_s = b.seconds_between(&t1, &t2)?;
-        let sampling_s = b.seconds_between(&t2, &t3)?;
+        let decision_s = b.seconds_between(&t2, &t3)?;
+        let mut picks_s = 0.0;
+        for (before, after) in &pick_marks {
+            picks_s += b.seconds_between(before, after)?;
+        }
+        let picks_s = picks_s.min(draft_phase_s);
 
         let accepted = out[0];
         if accepted < 0 || accepted as usize > gamma {
@@ -337,12 +348,12 @@ impl<B: KernelBackend> SpecEngine for DeviceSpec<'_, B> {
             next: tokens[a] as u32,
             draft_calls,
             times: StepTimes {
-                draft_s: draft_phase_s,
+                draft_s: draft_phase_s - picks_s,
                 target_s,
-                sampling_s,
+                sampling_s: picks_s + decision_s,
             },
             draft_phase_s,
-            verify_phase_s: target_s + sampling_s,
+            verify_phase_s: target_s + decision_s,
             verify_rows: gamma + 1,
         })
     }
