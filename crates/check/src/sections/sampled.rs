@@ -48,6 +48,9 @@ pub(crate) fn sampled(env: &Env, rec: &mut Recorder) {
             rec.check(&label, || {
                 let (_, mut target) = env.open(TARGET, Some(64))?;
                 let (_, mut draft) = env.open(draft_spec, Some(64))?;
+                if target.cuda_mut().is_none() || draft.cuda_mut().is_none() {
+                    return Ok(skipped("the device step needs CUDA"));
+                }
                 let vocab = target.lm().vocab_size();
                 let prompt = test_tokens(8, vocab, 3);
                 let exact = exact_joint(target.lm(), &prompt, &params, 2)?;

@@ -2,6 +2,7 @@
 
 mod cache;
 mod common;
+mod engine;
 mod errors;
 mod exact;
 mod greedy;
