@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use spedec_check::distribution::ChiSquare;
 use spedec_sampling::{derive_seed, Rng, Sampler};
 use spedec_speculative::testing::{speculative_with, Fault};
 use spedec_speculative::{generate_speculative_with_gamma, AutoGamma, GammaChoice, GenConfig};
@@ -15,43 +16,25 @@ const JOINT: usize = 4;
 const PROMPT: [u32; 2] = [3, 1];
 
 /// χ² statistic over outcome bins (expected counts < 5 pooled), its degrees of freedom, and the
-/// number of samples that fell on outcomes of probability 0.
+/// number of samples that fell on outcomes of probability 0 (`spedec_check::distribution`,
+/// which the device sampler's checks share).
 fn chi_square(
     counts: &HashMap<Vec<u32>, usize>,
     exact: &HashMap<Vec<u32>, f64>,
     n: usize,
 ) -> (f64, usize, usize) {
-    let impossible = counts
-        .iter()
-        .filter(|(k, _)| exact.get(*k).is_none_or(|&p| p == 0.0))
-        .map(|(_, c)| c)
-        .sum();
-    let mut keys: Vec<&Vec<u32>> = exact.keys().filter(|k| exact[*k] > 0.0).collect();
-    keys.sort();
-    let (mut stat, mut bins) = (0.0, 0usize);
-    let (mut pooled_e, mut pooled_o) = (0.0, 0.0);
-    for k in keys {
-        let e = exact[k] * n as f64;
-        let o = *counts.get(k).unwrap_or(&0) as f64;
-        if e < 5.0 {
-            pooled_e += e;
-            pooled_o += o;
-        } else {
-            stat += (o - e) * (o - e) / e;
-            bins += 1;
-        }
-    }
-    if pooled_e > 0.0 {
-        stat += (pooled_o - pooled_e) * (pooled_o - pooled_e) / pooled_e;
-        bins += 1;
-    }
-    (stat, bins.saturating_sub(1), impossible)
+    let c = ChiSquare::of(counts, exact, n);
+    (c.stat, c.df, c.impossible)
 }
 
-/// About six standard deviations above the χ² mean: a correct sampler essentially never exceeds
-/// it, and with the fixed seeds below the outcome is deterministic anyway.
+/// About six standard deviations above the χ² mean (`ChiSquare::threshold`).
 fn threshold(df: usize) -> f64 {
-    df as f64 + 6.0 * (2.0 * df as f64).sqrt()
+    ChiSquare {
+        stat: 0.0,
+        df,
+        impossible: 0,
+    }
+    .threshold()
 }
 
 fn sample(
