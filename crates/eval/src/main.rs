@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use spedec_eval::bench::{
@@ -487,6 +487,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         Some(spec) => Some(load_model_on(spec, args.context, args.device)?),
         None => None,
     };
+    check_spec_step(args.spec_step, &target, draft.as_ref())?;
     let room = Room::of(&target, draft.as_ref());
     let mut lines = String::new();
     generate(
@@ -619,6 +620,7 @@ fn run_bench_cmd(args: BenchArgs) -> Result<()> {
     let mut target = load_model_on(&args.target, args.context, args.device)?;
     let mut draft = load_model_on(&args.draft, args.context, args.device)?;
     check_draft(&target, &draft)?;
+    check_spec_step(args.spec_step, &target, Some(&draft))?;
     let room = Room::of(&target, Some(&draft));
     let prompts = prompt_texts
         .iter()
@@ -728,6 +730,29 @@ fn run_bench_kernels(args: BenchKernelsArgs) -> Result<()> {
 }
 
 /// A clap parser accepting exactly `names`, each parsed with `T`'s `FromStr`.
+/// `--spec-step device` needs a draft and both models on CUDA: refused before any run.
+fn check_spec_step(
+    step: SpecStep,
+    target: &LoadedModel,
+    draft: Option<&LoadedModel>,
+) -> Result<()> {
+    if step != SpecStep::Device {
+        return Ok(());
+    }
+    let Some(draft) = draft else {
+        bail!("--spec-step device needs --draft: it says where a speculative step runs");
+    };
+    if target.device != Device::Cuda || draft.device != Device::Cuda {
+        bail!(
+            "--spec-step device needs both models on CUDA (--device cuda); the target runs on \
+             {} and the draft on {}",
+            target.device,
+            draft.device
+        );
+    }
+    Ok(())
+}
+
 fn one_of<T>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T>
 where
     T: std::str::FromStr + Clone + Send + Sync + 'static,

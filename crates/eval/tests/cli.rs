@@ -750,3 +750,57 @@ fn convert_turns_a_sharded_pytorch_set_into_safetensors_shards() {
     let line = error_line(&spedec(&["convert", "--input", dir]));
     assert!(line.contains("exists; pass --force"), "{line}");
 }
+
+#[test]
+fn spec_step_device_without_cuda_is_refused_naming_the_flag() {
+    let out = spedec(&[
+        "generate",
+        "-m",
+        "synthetic:pythia-14m:seed=1",
+        "--draft",
+        "synthetic:pythia-14m:seed=2",
+        "--device",
+        "cpu",
+        "--spec-step",
+        "device",
+        "-p",
+        "Hello",
+        "-n",
+        "2",
+    ]);
+    let line = error_line(&out);
+    assert!(line.contains("--spec-step device"), "{line}");
+    assert!(line.contains("--device cuda"), "{line}");
+    let out = spedec(&[
+        "generate",
+        "-m",
+        "synthetic:pythia-14m:seed=1",
+        "--device",
+        "cpu",
+        "--spec-step",
+        "device",
+        "-p",
+        "Hello",
+        "-n",
+        "2",
+    ]);
+    assert!(error_line(&out).contains("--draft"));
+    // `host` runs anywhere and gives the CPU's output.
+    let out = spedec(&[
+        "generate",
+        "-m",
+        "synthetic:pythia-14m:seed=1",
+        "--draft",
+        "synthetic:pythia-14m:seed=2",
+        "--device",
+        "cpu",
+        "--spec-step",
+        "host",
+        "-p",
+        "Hello",
+        "-n",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(json_of(&out)["tokens"].as_array().map(Vec::len), Some(3));
+}
