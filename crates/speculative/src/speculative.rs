@@ -148,6 +148,14 @@ pub fn generate_speculative_on(
     }
     let (target_ctx, draft_ctx) = engine.max_len();
     let max_gamma = engine.max_gamma();
+    if let GammaChoice::Fixed(g) = gamma_choice {
+        if *g > max_gamma {
+            log::warn!(
+                "γ = {g} is more than this speculative step takes; its steps draft at most \
+                 {max_gamma} tokens"
+            );
+        }
+    }
     let sampler = &cfg.sampler;
 
     // Prefill both models; the first token comes from the target's last prompt row.
