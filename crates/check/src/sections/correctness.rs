@@ -316,6 +316,8 @@ pub(crate) fn speculative(env: &Env, rec: &mut Recorder) {
     };
     let (target_spec, draft_spec) = (env.args.target.clone(), env.args.draft.clone());
     let mut draft: Option<Model> = None;
+    // The target and its greedy output, kept for the device check (a 2.8b load takes seconds).
+    let mut target: Option<(Model, Vec<u32>)> = None;
     rec.check(
         &format!("greedy spec == greedy AR ({target_spec} ← {draft_spec}, γ=4, {new} tokens)"),
         || {
@@ -324,7 +326,9 @@ pub(crate) fn speculative(env: &Env, rec: &mut Recorder) {
             let ar = generate_autoregressive(t.lm(), &prompt, &cfg)?;
             let spec = generate_speculative(t.lm(), d.lm(), &prompt, &cfg)?;
             draft = Some(d);
-            same_tokens(&ar.tokens, &spec.tokens, &spec.stats, None)
+            let out = same_tokens(&ar.tokens, &spec.tokens, &spec.stats, None);
+            target = Some((t, ar.tokens));
+            out
         },
     );
     rec.check(
@@ -332,12 +336,18 @@ pub(crate) fn speculative(env: &Env, rec: &mut Recorder) {
             "greedy spec on the device == greedy AR ({target_spec} ← {draft_spec}, γ = 4 and 15)"
         ),
         || {
-            let (_, mut t) = env.open(&target_spec, Some(512))?;
+            let (mut t, ar_tokens) = match target.take() {
+                Some(kept) => kept,
+                None => {
+                    let (_, mut t) = env.open(&target_spec, Some(512))?;
+                    let ar = generate_autoregressive(t.lm(), &prompt, &cfg)?;
+                    (t, ar.tokens)
+                }
+            };
             let mut d = match draft.take() {
                 Some(d) => d,
                 None => env.open(&draft_spec, Some(512))?.1,
             };
-            let ar = generate_autoregressive(t.lm(), &prompt, &cfg)?;
             let mut out = None;
             for gamma in [4, 15] {
                 let choice = GammaChoice::Fixed(gamma);
@@ -345,7 +355,7 @@ pub(crate) fn speculative(env: &Env, rec: &mut Recorder) {
                     draft = Some(d);
                     return Ok(skipped("the device step needs both models on CUDA"));
                 };
-                let o = same_tokens(&ar.tokens, &spec.tokens, &spec.stats, None)?;
+                let o = same_tokens(&ar_tokens, &spec.tokens, &spec.stats, None)?;
                 let failed = o.status == Status::Fail;
                 out = Some(o);
                 if failed {
