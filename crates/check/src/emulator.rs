@@ -456,36 +456,6 @@ impl KernelBackend for HostEmulator {
     }
 
     /// A slice copy, both ranges checked.
-    fn copy<T: Elem>(
-        &mut self,
-        src: &Vec<T>,
-        src_at: usize,
-        dst: &mut Vec<T>,
-        dst_at: usize,
-        n: usize,
-    ) -> Result<()> {
-        let from = src_at
-            .checked_add(n)
-            .filter(|&e| e <= src.len())
-            .ok_or_else(|| {
-                anyhow!(
-                    "copy: source elements {src_at}.. (+{n}) outside a buffer of {}",
-                    src.len()
-                )
-            })?;
-        let to = dst_at
-            .checked_add(n)
-            .filter(|&e| e <= dst.len())
-            .ok_or_else(|| {
-                anyhow!(
-                    "copy: destination elements {dst_at}.. (+{n}) outside a buffer of {}",
-                    dst.len()
-                )
-            })?;
-        dst[dst_at..to].copy_from_slice(&src[src_at..from]);
-        Ok(())
-    }
-
     fn sample_process(
         &mut self,
         logits: &Vec<f32>,

@@ -1,7 +1,7 @@
 //! [`SamplerBackend`]: the device sampler's check-only calls (`kernels/sampling.cu`'s
 //! `sample_draw_f32` and `philox_uniform_f32`) on a backend — implemented here for the device
 //! ([`GpuBackend`]) and in [`crate::emulator`] for the host emulation. The calls the engine
-//! makes (`sample_process`, `spec_verify`, `sample_pick`, `copy`) are on
+//! makes (`sample_process`, `spec_verify`, `sample_pick`) are on
 //! `spedec_cuda::KernelBackend`.
 
 use anyhow::Result;

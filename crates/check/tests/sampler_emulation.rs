@@ -800,23 +800,3 @@ fn pick_refuses_bad_arguments() {
     call(&mut emu, 1, Some((&mut probs, 0)), 1, &random).unwrap();
     call(&mut emu, 1, None, 1, &Sampler::Greedy).unwrap();
 }
-
-#[test]
-fn copy_moves_the_given_range_and_checks_bounds() {
-    let Some(mut emu) = emulator_or_skip("copy_moves_the_given_range_and_checks_bounds") else {
-        return;
-    };
-    let src: Vec<u32> = (0..10).collect();
-    let mut dst = vec![99u32; 8];
-    emu.copy(&src, 3, &mut dst, 2, 4).unwrap();
-    assert_eq!(dst, vec![99, 99, 3, 4, 5, 6, 99, 99]);
-    emu.copy(&src, 10, &mut dst, 8, 0).unwrap(); // empty ranges at the ends are fine
-    assert!(emu.copy(&src, 7, &mut dst, 0, 4).is_err()); // source past the end
-    assert!(emu.copy(&src, 0, &mut dst, 5, 4).is_err()); // destination past the end
-    assert!(emu.copy(&src, usize::MAX, &mut dst, 0, 2).is_err()); // overflow
-    assert_eq!(dst, vec![99, 99, 3, 4, 5, 6, 99, 99]);
-    let f: Vec<f32> = vec![1.5, -0.0, f32::NAN];
-    let mut g = vec![0.0f32; 3];
-    emu.copy(&f, 0, &mut g, 0, 3).unwrap();
-    assert!(f.iter().zip(&g).all(|(a, b)| a.to_bits() == b.to_bits()));
-}

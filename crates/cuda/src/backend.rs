@@ -303,17 +303,6 @@ pub trait KernelBackend: Sized {
         })
     }
 
-    /// dst[dst_at .. dst_at + n] = src[src_at .. src_at + n], ordered with the launches (no
-    /// wait). Errors (before anything is enqueued) when either range leaves its buffer.
-    fn copy<T: Elem>(
-        &mut self,
-        src: &Self::Buf<T>,
-        src_at: usize,
-        dst: &mut Self::Buf<T>,
-        dst_at: usize,
-        n: usize,
-    ) -> Result<()>;
-
     /// See [`GpuContext::sample_process_f32`]: logits f32 [m, vocab] → probs f32 [m, vocab].
     fn sample_process(
         &mut self,
@@ -732,7 +721,6 @@ impl KernelBackend for GpuBackend {
             .attention_f16(q, k_cache, v_cache, pos, scratch, out, m, shape)
     }
 
-    /// The stream's device-to-device copy between views.
     type Mark = cudarc::driver::CudaEvent;
 
     fn mark(&mut self) -> Result<cudarc::driver::CudaEvent> {
@@ -751,36 +739,6 @@ impl KernelBackend for GpuBackend {
             .elapsed_ms(to)
             .map_err(|e| anyhow!("reading the time between two CUDA events: {e:?}"))?;
         Ok(f64::from(ms) / 1e3)
-    }
-
-    fn copy<T: Elem>(
-        &mut self,
-        src: &CudaSlice<T>,
-        src_at: usize,
-        dst: &mut CudaSlice<T>,
-        dst_at: usize,
-        n: usize,
-    ) -> Result<()> {
-        let (src_len, dst_len) = (src.len(), dst.len());
-        let sv = src
-            .try_slice(src_at..src_at.saturating_add(n))
-            .ok_or_else(|| {
-                anyhow!("copy: source elements {src_at}.. (+{n}) outside a buffer of {src_len}")
-            })?;
-        let mut dv = dst
-            .try_slice_mut(dst_at..dst_at.saturating_add(n))
-            .ok_or_else(|| {
-                anyhow!(
-                    "copy: destination elements {dst_at}.. (+{n}) outside a buffer of {dst_len}"
-                )
-            })?;
-        if n == 0 {
-            return Ok(());
-        }
-        self.gpu
-            .stream()
-            .memcpy_dtod(&sv, &mut dv)
-            .map_err(|e| anyhow!("device-to-device copy of {n} elements: {e:?}"))
     }
 
     fn sample_process(

@@ -74,6 +74,8 @@ pub struct DeviceSpec<'a, B: KernelBackend> {
     bufs: SpecBuffers<B>,
     /// Host copy of `out`.
     out: Vec<i32>,
+    /// The marks around each pick of the current step (kept to reuse its allocation).
+    pick_marks: Vec<(B::Mark, B::Mark)>,
     seed: u64,
     /// Philox index of the next step (the first token used 0).
     step: u32,
@@ -102,6 +104,7 @@ impl<'a, B: KernelBackend> DeviceSpec<'a, B> {
             draft,
             bufs,
             out: vec![0; g + 2],
+            pick_marks: Vec::with_capacity(g),
             seed: 0,
             step: 0,
             raw_target_p: false,
@@ -223,6 +226,7 @@ impl<B: KernelBackend> SpecEngine for DeviceSpec<'_, B> {
             draft,
             bufs,
             out,
+            pick_marks,
             ..
         } = self;
         ensure!(
@@ -238,7 +242,7 @@ impl<B: KernelBackend> SpecEngine for DeviceSpec<'_, B> {
         target.write_step_ids(&seq[n - 1..])?;
         let mut draft_calls = 0;
         // Marks around each pick, so the split counts them as sampling, not as drafting.
-        let mut pick_marks = Vec::with_capacity(gamma);
+        pick_marks.clear();
         if gamma > 0 {
             // The draft first catches up on the tokens it has not seen.
             let m = draft.len();
@@ -320,7 +324,7 @@ impl<B: KernelBackend> SpecEngine for DeviceSpec<'_, B> {
         let target_s = b.seconds_between(&t1, &t2)?;
         let decision_s = b.seconds_between(&t2, &t3)?;
         let mut picks_s = 0.0;
-        for (before, after) in &pick_marks {
+        for (before, after) in pick_marks.iter() {
             picks_s += b.seconds_between(before, after)?;
         }
         let picks_s = picks_s.min(draft_phase_s);
