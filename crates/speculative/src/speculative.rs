@@ -176,7 +176,7 @@ pub fn generate_speculative_on(
                 break StopReason::ContextFull;
             }
             let remaining = cfg.max_new_tokens - (n - prompt.len());
-            let wanted = match &policy {
+            let wanted = match &mut policy {
                 Some(p) => p.choose(),
                 None => gamma_choice.max(),
             };
@@ -203,6 +203,20 @@ pub fn generate_speculative_on(
                         verify_rows: step.verify_rows,
                         verify_s: step.verify_phase_s,
                     });
+                    log::debug!(
+                        "auto γ: step drafted {} accepted {} (draft {:.3} ms over {} calls, \
+                         verify {:.3} ms of {} rows); now α {:.3}, draft step {:.3} ms, \
+                         verify line {:?} ms",
+                        step.drafted,
+                        step.accepted.len(),
+                        step.draft_phase_s * 1e3,
+                        step.draft_calls,
+                        step.verify_phase_s * 1e3,
+                        step.verify_rows,
+                        p.alpha(),
+                        p.draft_cost().unwrap_or(f64::NAN) * 1e3,
+                        p.verify_line().map(|(a, b)| (a * 1e3, b * 1e3)),
+                    );
                 }
             }
             for &token in step.accepted.iter().chain([&step.next]) {
