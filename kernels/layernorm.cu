@@ -9,15 +9,16 @@
 
 // x:      f32 [M, d]  residual stream, updated in place when add_a / add_b are given:
 //                     x = (x + add_a) + add_b
-// add_a:  f16 [M, d]  or null (e.g. attention output)
-// add_b:  f16 [M, d]  or null (e.g. MLP output)
+// add_a:  f32 [M, d]  or null (e.g. the attention branch's output, bias included)
+// add_b:  f32 [M, d]  or null (e.g. the MLP branch's output)
+//                     The same f32 adds, in the same order, as two LIN_ADD_F32 epilogues.
 // w0, b0: f16 [d]     first LayerNorm weight and bias; out0: f16 [M, d]
 // w1, b1: f16 [d]     second LayerNorm (or null); out1: f16 [M, d] (or null)
 //                     (Pythia's parallel residual normalises the same x twice: ln1, ln2.)
 // grid (M), block LN_THREADS. Two passes (mean, then centred variance) in f32.
 extern "C" __global__ void __launch_bounds__(LN_THREADS)
-add_layernorm_f16(float* __restrict__ x, const f16_t* __restrict__ add_a,
-                  const f16_t* __restrict__ add_b, const f16_t* __restrict__ w0,
+add_layernorm_f16(float* __restrict__ x, const float* __restrict__ add_a,
+                  const float* __restrict__ add_b, const f16_t* __restrict__ w0,
                   const f16_t* __restrict__ b0, f16_t* __restrict__ out0,
                   const f16_t* __restrict__ w1, const f16_t* __restrict__ b1,
                   f16_t* __restrict__ out1, int d, float eps) {
@@ -30,8 +31,8 @@ add_layernorm_f16(float* __restrict__ x, const f16_t* __restrict__ add_a,
     for (int i = threadIdx.x; i < d; i += LN_THREADS) {
         float v = xr[i];
         if (has_add) {
-            if (add_a != nullptr) v += h2f(add_a[base + i]);
-            if (add_b != nullptr) v += h2f(add_b[base + i]);
+            if (add_a != nullptr) v += add_a[base + i];
+            if (add_b != nullptr) v += add_b[base + i];
             xr[i] = v;  // read back below by this same thread only
         }
         sum += v;

@@ -20,7 +20,7 @@ extern "C" int emu_positions_i32(int* pos, int start, int M) {
     return emu_launch(1, 1, EMB_THREADS, [=] { positions_i32(pos, start, M); });
 }
 
-extern "C" int emu_add_layernorm_f16(float* x, const f16_t* a, const f16_t* b,
+extern "C" int emu_add_layernorm_f16(float* x, const float* a, const float* b,
                                       const f16_t* w0, const f16_t* b0, f16_t* o0,
                                       const f16_t* w1, const f16_t* b1, f16_t* o1, int M, int d,
                                       float eps) {

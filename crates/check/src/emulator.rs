@@ -85,6 +85,12 @@ pub struct HostEmulator {
     prefill_attention_rows: usize,
     /// Attention launch pairs run so far.
     attention_launches: u64,
+    /// [`KernelBackend::concurrent_branches`]; the emulation runs the branches in the
+    /// order they are enqueued, and checks that forks and joins pair up.
+    concurrent_branches: bool,
+    on_side: bool,
+    /// Forks of the side branch so far.
+    side_forks: u64,
 }
 
 fn ok(code: i32, what: &str) -> Result<()> {
@@ -109,6 +115,9 @@ impl HostEmulator {
             linear_kernel: LinearKernel::Simt,
             prefill_attention_rows: ATT_PREFILL_ROWS,
             attention_launches: 0,
+            concurrent_branches: false,
+            on_side: false,
+            side_forks: 0,
         }))
     }
 
@@ -128,6 +137,11 @@ impl HostEmulator {
     /// Attention launch pairs (`attn_partial_f16` + `attn_combine_f16`) emulated so far.
     pub fn attention_launches(&self) -> u64 {
         self.attention_launches
+    }
+
+    /// Forks of the side branch (concurrent residual branches) so far.
+    pub fn side_forks(&self) -> u64 {
+        self.side_forks
     }
 
     /// The entry point `name` of type `T`, and the launch lock to hold while it runs.
@@ -250,8 +264,8 @@ impl KernelBackend for HostEmulator {
     fn add_layernorm(
         &mut self,
         x: &mut Vec<f32>,
-        add_a: Option<&Vec<f16>>,
-        add_b: Option<&Vec<f16>>,
+        add_a: Option<&Vec<f32>>,
+        add_b: Option<&Vec<f32>>,
         weight: &Vec<f16>,
         bias: &Vec<f16>,
         out: &mut Vec<f16>,
@@ -263,8 +277,8 @@ impl KernelBackend for HostEmulator {
         ensure!(x.len() >= m * d && weight.len() == d && bias.len() == d && out.len() >= m * d);
         let (f, _serial) = self.sym::<unsafe extern "C" fn(
             *mut f32,
-            H,
-            H,
+            *const f32,
+            *const f32,
             H,
             H,
             HM,
@@ -282,8 +296,8 @@ impl KernelBackend for HostEmulator {
         let r = unsafe {
             f(
                 x.as_mut_ptr(),
-                opt(add_a),
-                opt(add_b),
+                opt(add_a) as *const f32,
+                opt(add_b) as *const f32,
                 p(weight),
                 p(bias),
                 pm(out),
@@ -304,6 +318,33 @@ impl KernelBackend for HostEmulator {
 
     fn set_linear_kernel(&mut self, kernel: LinearKernel) -> Result<()> {
         self.linear_kernel = kernel;
+        Ok(())
+    }
+
+    fn concurrent_branches(&self) -> bool {
+        self.concurrent_branches
+    }
+
+    fn set_concurrent_branches(&mut self, on: bool) -> Result<()> {
+        self.concurrent_branches = on;
+        Ok(())
+    }
+
+    fn fork_side(&mut self) -> Result<()> {
+        ensure!(!self.on_side, "fork_side while on the side branch");
+        self.on_side = true;
+        self.side_forks += 1;
+        Ok(())
+    }
+
+    fn back_to_main(&mut self) -> Result<()> {
+        ensure!(self.on_side, "back_to_main while on the main branch");
+        self.on_side = false;
+        Ok(())
+    }
+
+    fn join_side(&mut self) -> Result<()> {
+        ensure!(!self.on_side, "join_side from the side branch");
         Ok(())
     }
 

@@ -430,8 +430,8 @@ fn run_ln<B: CheckBackend>(
     b: &mut B,
     p: &LnParams<B>,
     x: &[f32],
-    add_a: &[f16],
-    add_b: &[f16],
+    add_a: &[f32],
+    add_b: &[f32],
     m: usize,
 ) -> Result<(Vec<f32>, Vec<f16>, Vec<f16>)> {
     let d = p.d;
@@ -476,8 +476,8 @@ fn check_layernorm<B: CheckBackend>(
     };
     let gen = |rng: &mut Rng, m: usize| {
         let x = rng.f32s(m * d, 2.0, 0.3);
-        let (ah, _) = rng.f16s(m * d, 1.0, 0.0);
-        let (bh, _) = rng.f16s(m * d, 1.0, 0.0);
+        let ah = rng.f32s(m * d, 1.0, 0.0);
+        let bh = rng.f32s(m * d, 1.0, 0.0);
         (x, ah, bh)
     };
     for &m in &opts.rows {
@@ -495,8 +495,8 @@ fn check_layernorm<B: CheckBackend>(
         let mut xr = x.clone();
         let (r0, r1) = cpu::add_layernorm(
             &mut xr,
-            Some(&to_f32(&ah)),
-            Some(&to_f32(&bh)),
+            Some(&ah),
+            Some(&bh),
             (&p.host[0], &p.host[1]),
             Some((&p.host[2], &p.host[3])),
             d,

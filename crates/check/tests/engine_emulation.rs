@@ -3,7 +3,8 @@
 //! checked on machines without a GPU, with the GPU path's precision (f16 stores where the
 //! kernels store f16), not the CPU model's. Checks: logits against `CpuModel` and HF goldens
 //! on the fixtures, prefill vs token-by-token vs truncate + re-decode (bit-identical), errors
-//! on bad input, and (ignored by default) the size of the f16 error at real Pythia shapes,
+//! on bad input, the concurrent residual branches (the same bits as one stream, one fork a
+//! layer), and (ignored by default) the size of the f16 error at real Pythia shapes,
 //! which sets the tolerances of `spedec gpu-check`. Prints `skipped: no C++ compiler` where
 //! the emulation cannot be built.
 
@@ -11,7 +12,7 @@ mod support;
 
 use spedec_check::compare::{compare, Diff};
 use spedec_check::fixtures::{golden_root, load, read_golden, GOLDEN_FOLDERS};
-use spedec_cuda::KernelBackend;
+use spedec_cuda::{KernelBackend, LinearKernel};
 use spedec_neox::cuda_model::Engine;
 use spedec_neox::{CpuModel, Isa, Lm, ModelFiles};
 use support::{emulator_or_skip, visible};
@@ -112,6 +113,71 @@ fn emulated_prefill_decode_and_truncate_agree() {
         d.line()
     ));
     assert!(d.pass, "{}", d.line());
+}
+
+/// Logits of `ids` on `engine` in steps (a 16-row and a 4-row prefill step, three 1-row
+/// decode steps and a 5-row verify-shaped one), all in one list.
+fn step_mix<B: KernelBackend>(engine: &mut Engine<B>, ids: &[u32]) -> Vec<f32> {
+    engine.truncate(0).unwrap();
+    let mut out = engine.forward(&ids[..16]).unwrap().into_vec();
+    out.extend(engine.forward(&ids[16..20]).unwrap().into_vec());
+    for &t in &ids[20..23] {
+        out.extend(engine.forward(&[t]).unwrap().into_vec());
+    }
+    out.extend(engine.forward(&ids[23..28]).unwrap().into_vec());
+    out
+}
+
+#[test]
+fn emulated_concurrent_branches_keep_the_bits() {
+    let test = "emulated_concurrent_branches_keep_the_bits";
+    let ids: Vec<u32> = (0..28u32).map(|i| (i * 7919 + 13) % 1000).collect();
+    // The sequential residual has no branches to fork: one kernel shows it runs as before.
+    let runs = [
+        ("parallel-f16", true, LinearKernel::Simt),
+        ("parallel-f16", true, LinearKernel::TensorCore),
+        ("sequential-f16", false, LinearKernel::Simt),
+    ];
+    for (folder, parallel, kernel) in runs {
+        let (config, weights) = load(&golden_root().join(folder)).unwrap();
+        assert_eq!(config.use_parallel_residual, parallel, "{folder}");
+        {
+            let Some(emu) = emulator_or_skip(test) else {
+                return;
+            };
+            let mut engine = Engine::new(emu, &config, &weights, Some(64)).unwrap();
+            engine.set_linear_kernel(kernel).unwrap();
+            let before = step_mix(&mut engine, &ids);
+            assert_eq!(engine.backend().side_forks(), 0);
+            engine.set_concurrent_branches(true).unwrap();
+            assert!(engine.concurrent_branches());
+            let after = step_mix(&mut engine, &ids);
+            // 6 steps (16 + 4 rows, 3 × 1, 5): the parallel residual forks once a layer.
+            let forks = if parallel {
+                6 * config.num_layers as u64
+            } else {
+                0
+            };
+            assert_eq!(engine.backend().side_forks(), forks, "{folder} {kernel:?}");
+            let same = before
+                .iter()
+                .map(|v| v.to_bits())
+                .eq(after.iter().map(|v| v.to_bits()));
+            let max = before
+                .iter()
+                .zip(&after)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            visible(&format!(
+                "{folder} {kernel:?}: concurrent branches vs one stream over 28 rows: \
+                 bit-identical {same} (max |diff| {max:e})"
+            ));
+            assert!(
+                same,
+                "{folder} {kernel:?}: logits changed, max |diff| {max:e}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{anyhow, ensure, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 use half::f16;
 use spedec_sampling::philox::Stream;
@@ -162,8 +162,8 @@ pub trait KernelBackend: Sized {
     fn add_layernorm(
         &mut self,
         x: &mut Self::Buf<f32>,
-        add_a: Option<&Self::Buf<f16>>,
-        add_b: Option<&Self::Buf<f16>>,
+        add_a: Option<&Self::Buf<f32>>,
+        add_b: Option<&Self::Buf<f32>>,
         weight: &Self::Buf<f16>,
         bias: &Self::Buf<f16>,
         out: &mut Self::Buf<f16>,
@@ -185,6 +185,37 @@ pub trait KernelBackend: Sized {
             kernel == LinearKernel::Simt,
             "this backend has no {kernel:?} linear kernel"
         );
+        Ok(())
+    }
+
+    /// Whether a step runs Pythia's two residual branches side by side (default off): the
+    /// model then enqueues the MLP between [`KernelBackend::fork_side`] and
+    /// [`KernelBackend::back_to_main`], and the attention after it, and joins them with
+    /// [`KernelBackend::join_side`] before the next LayerNorm.
+    fn concurrent_branches(&self) -> bool {
+        false
+    }
+
+    /// Turn the concurrent branches on or off. Errors where the backend cannot run them.
+    fn set_concurrent_branches(&mut self, on: bool) -> Result<()> {
+        ensure!(!on, "this backend cannot run concurrent branches");
+        Ok(())
+    }
+
+    /// Later launches go to the side branch, which starts once everything enqueued so far is
+    /// done. The default (one queue, launches run in order) does nothing.
+    fn fork_side(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Later launches go to the main branch again; the side branch's work may still be
+    /// running beside them.
+    fn back_to_main(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Later launches on the main branch wait for everything enqueued on the side branch.
+    fn join_side(&mut self) -> Result<()> {
         Ok(())
     }
 
@@ -415,6 +446,10 @@ pub struct GpuBackend {
     /// The kernel `linear` runs, and the tensor-core kernel's scratch once chosen.
     linear_kernel: LinearKernel,
     tc_scratch: Option<LinearTcScratch>,
+    /// Whether steps run the residual branches concurrently, and the side branch's own
+    /// tensor-core scratch (two linears running at once cannot share one).
+    concurrent_branches: bool,
+    tc_side_scratch: Option<LinearTcScratch>,
 }
 
 impl GpuBackend {
@@ -428,6 +463,8 @@ impl GpuBackend {
             graphs: Graphs::new(graphs),
             linear_kernel: LinearKernel::Simt,
             tc_scratch: None,
+            concurrent_branches: false,
+            tc_side_scratch: None,
         }
     }
 
@@ -530,6 +567,13 @@ impl KernelBackend for GpuBackend {
         let gpu = self.gpu.clone();
         let ran = graphs.run(&gpu, m, &mut || encode(self));
         self.graphs = graphs;
+        // A step that failed between a fork and its join: later launches go to the main
+        // stream again (a later synchronize waits for both streams).
+        if gpu.on_side() {
+            gpu.back_to_main();
+            ran?;
+            bail!("a step forked the side branch without joining it");
+        }
         ran
     }
 
@@ -541,19 +585,42 @@ impl KernelBackend for GpuBackend {
     /// ([`LinearTcScratch::DEFAULT_PART`] f32) is allocated here, never inside a step.
     fn set_linear_kernel(&mut self, kernel: LinearKernel) -> Result<()> {
         linear_tc::check_supported(kernel, self.gpu.compute_capability())?;
-        if kernel == LinearKernel::TensorCore && self.tc_scratch.is_none() {
-            self.tc_scratch = Some(LinearTcScratch::new(
-                &self.gpu,
-                LinearTcScratch::DEFAULT_PART,
-                LinearTcScratch::DEFAULT_COUNTERS,
-            )?);
-        }
+        self.allocate_tc_scratch(kernel, self.concurrent_branches)?;
         if kernel != self.linear_kernel {
             let enabled = self.graphs.stats().enabled;
             self.graphs.set_enabled(enabled);
         }
         self.linear_kernel = kernel;
         Ok(())
+    }
+
+    fn concurrent_branches(&self) -> bool {
+        self.concurrent_branches
+    }
+
+    /// Recorded graphs are dropped (they hold the other launch order); with the tensor-core
+    /// kernel, the side branch's scratch is allocated here.
+    fn set_concurrent_branches(&mut self, on: bool) -> Result<()> {
+        self.allocate_tc_scratch(self.linear_kernel, on)?;
+        if on != self.concurrent_branches {
+            let enabled = self.graphs.stats().enabled;
+            self.graphs.set_enabled(enabled);
+        }
+        self.concurrent_branches = on;
+        Ok(())
+    }
+
+    fn fork_side(&mut self) -> Result<()> {
+        self.gpu.fork_side()
+    }
+
+    fn back_to_main(&mut self) -> Result<()> {
+        self.gpu.back_to_main();
+        Ok(())
+    }
+
+    fn join_side(&mut self) -> Result<()> {
+        self.gpu.join_side()
     }
 
     fn fill_positions(&mut self, pos: &mut CudaSlice<i32>, start: usize, m: usize) -> Result<()> {
@@ -575,8 +642,8 @@ impl KernelBackend for GpuBackend {
     fn add_layernorm(
         &mut self,
         x: &mut CudaSlice<f32>,
-        add_a: Option<&CudaSlice<f16>>,
-        add_b: Option<&CudaSlice<f16>>,
+        add_a: Option<&CudaSlice<f32>>,
+        add_b: Option<&CudaSlice<f32>>,
         weight: &CudaSlice<f16>,
         bias: &CudaSlice<f16>,
         out: &mut CudaSlice<f16>,
@@ -832,6 +899,28 @@ impl KernelBackend for GpuBackend {
 }
 
 impl GpuBackend {
+    /// The tensor-core scratch `kernel` needs, and the side branch's when `branches`
+    /// (allocated once, never inside a step).
+    fn allocate_tc_scratch(&mut self, kernel: LinearKernel, branches: bool) -> Result<()> {
+        if kernel != LinearKernel::TensorCore {
+            return Ok(());
+        }
+        let wanted = [
+            (&mut self.tc_scratch, true),
+            (&mut self.tc_side_scratch, branches),
+        ];
+        for (slot, want) in wanted {
+            if want && slot.is_none() {
+                *slot = Some(LinearTcScratch::new(
+                    &self.gpu,
+                    LinearTcScratch::DEFAULT_PART,
+                    LinearTcScratch::DEFAULT_COUNTERS,
+                )?);
+            }
+        }
+        Ok(())
+    }
+
     /// The chosen linear kernel on device buffers or views.
     #[allow(clippy::too_many_arguments)]
     fn linear_on(
@@ -845,8 +934,12 @@ impl GpuBackend {
         k: usize,
     ) -> Result<()> {
         if self.linear_kernel == LinearKernel::TensorCore {
-            let scratch = self
-                .tc_scratch
+            let slot = if self.gpu.on_side() {
+                &mut self.tc_side_scratch
+            } else {
+                &mut self.tc_scratch
+            };
+            let scratch = slot
                 .as_mut()
                 .ok_or_else(|| anyhow!("tensor-core linear chosen without its scratch"))?;
             return self.gpu.linear_tc_f16(x, w, bias, out, scratch, m, n, k);

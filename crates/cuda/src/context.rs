@@ -1,16 +1,18 @@
-//! The GPU context: driver and NVRTC guards, one device, one stream, every kernel compiled
-//! (once per process and target) and loaded, plus small buffer helpers.
+//! The GPU context: driver and NVRTC guards, one device, one stream (and a side stream for
+//! concurrent branches of a step), every kernel compiled (once per process and target) and
+//! loaded, plus small buffer helpers.
 //!
 //! cudarc panics when `libcuda` or `libnvrtc` is missing, so [`GpuContext::new`] checks for
 //! both first and returns an error ("no CUDA driver found") instead.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::{
-    result as dresult, sys as dsys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr,
-    DevicePtrMut, DeviceRepr, ValidAsZeroBits,
+    result as dresult, sys as dsys, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream,
+    DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -96,6 +98,13 @@ pub fn target_for(cc: (i32, i32), supported: &[i32]) -> Result<String> {
 pub struct GpuContext {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// The side branch: a second stream that launches go to between
+    /// [`GpuContext::fork_side`] and [`GpuContext::back_to_main`] (copies and synchronisation
+    /// stay on the main stream), with the events that order it against the main one.
+    side: Arc<CudaStream>,
+    on_side: AtomicBool,
+    fork_event: CudaEvent,
+    join_event: CudaEvent,
     name: String,
     compute_capability: (i32, i32),
     target: String,
@@ -167,9 +176,16 @@ impl GpuContext {
         }
         // A non-default stream: the legacy default stream cannot be captured into a graph.
         let stream = ctx.new_stream().context("creating a stream")?;
+        let side = ctx.new_stream().context("creating the side stream")?;
+        let fork_event = ctx.new_event(None).context("creating an event")?;
+        let join_event = ctx.new_event(None).context("creating an event")?;
         Ok(Self {
             ctx,
             stream,
+            side,
+            on_side: AtomicBool::new(false),
+            fork_event,
+            join_event,
             name,
             compute_capability,
             target,
@@ -185,9 +201,52 @@ impl GpuContext {
         &self.ctx
     }
 
-    /// The stream every launcher enqueues on.
+    /// The stream every launcher enqueues on: the main one, or the side branch's between
+    /// [`GpuContext::fork_side`] and [`GpuContext::back_to_main`].
     pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+        if self.on_side() {
+            &self.side
+        } else {
+            &self.stream
+        }
+    }
+
+    /// Whether launches go to the side branch.
+    pub fn on_side(&self) -> bool {
+        self.on_side.load(Ordering::Relaxed)
+    }
+
+    /// Later launches go to the side stream, which first waits for everything enqueued on
+    /// the main stream so far (inside a graph capture, this brings the side stream into it).
+    pub fn fork_side(&self) -> Result<()> {
+        ensure!(
+            !self.on_side(),
+            "fork_side while already on the side branch"
+        );
+        self.fork_event
+            .record(&self.stream)
+            .map_err(|e| anyhow!("cuEventRecord (fork): {e:?}"))?;
+        self.side
+            .wait(&self.fork_event)
+            .map_err(|e| anyhow!("cuStreamWaitEvent (fork): {e:?}"))?;
+        self.on_side.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Later launches go to the main stream again.
+    pub fn back_to_main(&self) {
+        self.on_side.store(false, Ordering::Relaxed);
+    }
+
+    /// The main stream waits for everything enqueued on the side stream so far (a capture
+    /// must join the side stream this way before it ends).
+    pub fn join_side(&self) -> Result<()> {
+        self.join_event
+            .record(&self.side)
+            .map_err(|e| anyhow!("cuEventRecord (join): {e:?}"))?;
+        self.stream
+            .wait(&self.join_event)
+            .map_err(|e| anyhow!("cuStreamWaitEvent (join): {e:?}"))
     }
 
     /// Device name, e.g. "NVIDIA H100 80GB HBM3".
@@ -317,8 +376,11 @@ impl GpuContext {
             .map_err(|e| anyhow!("memset of {bytes} bytes: {e:?}"))
     }
 
-    /// Wait for all work on the stream.
+    /// Wait for all work on both streams.
     pub fn synchronize(&self) -> Result<()> {
+        self.side
+            .synchronize()
+            .map_err(|e| anyhow!("side stream synchronize: {e:?}"))?;
         self.stream
             .synchronize()
             .map_err(|e| anyhow!("stream synchronize: {e:?}"))

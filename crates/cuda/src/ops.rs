@@ -286,7 +286,7 @@ impl GpuContext {
     }
 
     /// Residual add fused with one or two LayerNorms over the f32 residual stream:
-    /// `x = (x + add_a) + add_b` (adds optional, f16 [m, d]), then `first.out = LN(x)` and,
+    /// `x = (x + add_a) + add_b` (adds optional, f32 [m, d]), then `first.out = LN(x)` and,
     /// if given, `second.out = LN'(x)` (Pythia's ln1 and ln2 of the same x).
     ///
     /// x: f32 [m, d] (updated in place when an add is given).
@@ -294,8 +294,8 @@ impl GpuContext {
     pub fn add_layernorm_f16(
         &self,
         x: Out<f32>,
-        add_a: Option<In<f16>>,
-        add_b: Option<In<f16>>,
+        add_a: Option<In<f32>>,
+        add_b: Option<In<f32>>,
         first: LayerNormOut,
         second: Option<LayerNormOut>,
         m: usize,

@@ -163,6 +163,21 @@ impl CudaModel {
         self.engine.linear_kernel()
     }
 
+    /// Run the attention and MLP branches of Pythia's parallel residual side by side in each
+    /// step (decode, verify, prefill chunks of up to 16 rows), on a second CUDA stream
+    /// (inside the step's graph: two branches of it). Off by default. Logits keep their
+    /// bits: the branch outputs are added to the residual stream in the same order as
+    /// before. Recorded graphs are dropped; with the tensor-core kernel, the side branch's
+    /// own scratch (64 MiB) is allocated here.
+    pub fn set_concurrent_branches(&mut self, on: bool) -> Result<()> {
+        self.engine.set_concurrent_branches(on)
+    }
+
+    /// Whether steps run the residual branches side by side.
+    pub fn concurrent_branches(&self) -> bool {
+        self.engine.concurrent_branches()
+    }
+
     /// This model as the target and `draft` as the draft of a speculative step that runs on
     /// the GPU ([`speculate`]): hand it to `spedec_speculative::generate_speculative_on`.
     /// Errors when the two models are on different GPU contexts.

@@ -293,7 +293,47 @@ pub(crate) fn consistency(env: &Env, rec: &mut Recorder) {
             }
             Ok(out)
         });
+        rec.check(
+            &format!("{spec}: concurrent branches == one stream"),
+            || concurrent_branches_agree(&mut m, &ids, &prefill, vocab),
+        );
     }
+}
+
+/// Steps of 5 rows over `ids` with the residual branches on two streams, with graphs and
+/// with direct launches, against the one-stream `prefill` logits.
+fn concurrent_branches_agree(
+    m: &mut Model,
+    ids: &[u32],
+    prefill: &[f32],
+    vocab: usize,
+) -> Result<Outcome> {
+    let Some(cuda) = m.cuda_mut() else {
+        return Ok(skipped("one stream on the CPU"));
+    };
+    cuda.set_concurrent_branches(true)?;
+    let steps = |m: &mut Model| -> Result<Vec<f32>> {
+        m.lm().truncate(0)?;
+        let mut out = Vec::with_capacity(prefill.len());
+        for chunk in ids.chunks(5) {
+            out.extend(m.lm().forward(chunk)?.into_vec());
+        }
+        Ok(out)
+    };
+    let graphed = steps(m);
+    m.set_graphs(false);
+    let direct = steps(m);
+    m.set_graphs(true);
+    if let Some(cuda) = m.cuda_mut() {
+        cuda.set_concurrent_branches(false)?;
+    }
+    let graphed = bitwise_outcome(prefill, &graphed?, vocab, "with graphs")?;
+    if graphed.status != Status::Pass {
+        return Ok(graphed);
+    }
+    let mut out = bitwise_outcome(prefill, &direct?, vocab, "with direct launches")?;
+    out.detail = format!("graphs and direct launches: {}", out.detail);
+    Ok(out)
 }
 
 /// (d) Greedy speculative == greedy autoregressive, token for token.

@@ -12,7 +12,7 @@
 
 use std::time::Instant;
 
-use anyhow::{ensure, Result};
+use anyhow::{anyhow, ensure, Result};
 use serde_json::{json, Value};
 use spedec_neox::Tokenizer;
 use spedec_speculative::{
@@ -134,6 +134,37 @@ struct Timed {
     verify: Summary,
 }
 
+/// Decode and verify(γ+1) step times with the parallel residual's branches on two streams
+/// (see `CudaModel::set_concurrent_branches`), against the one-stream decode measured just
+/// before in the same process (`decode`).
+fn branch_times(
+    m: &mut Model,
+    prompt: &[u32],
+    reps: usize,
+    decode: Option<&Summary>,
+) -> Result<Outcome> {
+    let cuda = m.cuda_mut().ok_or_else(|| anyhow!("not a CUDA model"))?;
+    cuda.set_concurrent_branches(true)?;
+    let timed = (|| {
+        let d = time_forward(m.lm(), &[prompt[5]], 5, reps)?;
+        let v = time_forward(m.lm(), &prompt[..GAMMA + 1], 5, reps)?;
+        Ok::<_, anyhow::Error>((d, v))
+    })();
+    if let Some(cuda) = m.cuda_mut() {
+        cuda.set_concurrent_branches(false)?;
+    }
+    let (d, v) = timed?;
+    let vs = decode
+        .map(|one| format!(" ({:.3}× the one-stream decode)", d.median / one.median))
+        .unwrap_or_default();
+    Ok(Outcome::new(
+        Status::Info,
+        format!("decode {}{vs}; verify {}", ms(&d), ms(&v)),
+        json!({ "decode_ms": to_json(&d), "verify_ms": to_json(&v), "verify_rows": GAMMA + 1,
+                "one_stream_decode_ms": decode.map(to_json) }),
+    ))
+}
+
 /// Step times of one model: decode (graphs, then direct launches) and verify of γ+1 and 16
 /// tokens at context 32, decode and verify(γ+1) at context 1536, prefill of 128 and 2048
 /// tokens (only the last row unembedded, as generation asks).
@@ -192,6 +223,15 @@ fn model_steps(
                     json!({ "ms": to_json(&s) }),
                 ))
             },
+        );
+    }
+    if m.cuda_mut().is_some() {
+        rec.check(
+            &format!(
+                "{label}: decode and verify({}) with concurrent branches (graphs)",
+                GAMMA + 1
+            ),
+            || branch_times(m, &prompt, reps, decode.as_ref()),
         );
     }
     let mut verify = None;

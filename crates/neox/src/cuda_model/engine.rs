@@ -156,12 +156,17 @@ struct Activations<B: KernelBackend> {
     attn: B::Buf<f16>,
     /// f16 `[rows, I]` GELU(h2·W1ᵀ + b1)
     mid: B::Buf<f16>,
+    /// f32 `[rows, d]` each: the attention and MLP branch outputs (biases included), added to
+    /// x by the next LayerNorm; only in a step's scratch, for the concurrent branches.
+    branch_out: Option<[B::Buf<f32>; 2]>,
 }
 
 impl<B: KernelBackend> Activations<B> {
-    fn new(b: &mut B, dims: &Dims, rows: usize) -> Result<Self> {
+    /// Scratch for `rows` rows; `branches` adds the branch outputs of a recorded step.
+    fn new(b: &mut B, dims: &Dims, rows: usize, branches: bool) -> Result<Self> {
         let (d, r) = (dims.hidden, rows);
-        let bytes = r * (8 + 4 * d + 2 * (7 * d + dims.intermediate));
+        let branch_bytes = if branches { 8 * d } else { 0 };
+        let bytes = r * (8 + 4 * d + 2 * (7 * d + dims.intermediate) + branch_bytes);
         let what = || {
             format!(
                 "allocating activations for {rows} rows ({})",
@@ -181,6 +186,14 @@ impl<B: KernelBackend> Activations<B> {
             mid: b
                 .upload(&vec![f16::ZERO; r * dims.intermediate])
                 .with_context(what)?,
+            branch_out: if branches {
+                Some([
+                    b.upload(&vec![0f32; r * d]).with_context(what)?,
+                    b.upload(&vec![0f32; r * d]).with_context(what)?,
+                ])
+            } else {
+                None
+            },
         })
     }
 }
@@ -440,7 +453,7 @@ impl<B: KernelBackend> Engine<B> {
             });
         }
         drop(zeros);
-        let scratch = Activations::new(&mut backend, &dims, MAX_ROWS)?;
+        let scratch = Activations::new(&mut backend, &dims, MAX_ROWS, true)?;
         let logits = backend.upload(&vec![0f32; MAX_ROWS * dims.vocab])?;
         backend.prepare(&shape)?;
         backend.synchronize()?;
@@ -494,6 +507,18 @@ impl<B: KernelBackend> Engine<B> {
     /// The linear kernel in use.
     pub fn linear_kernel(&self) -> LinearKernel {
         self.backend.linear_kernel()
+    }
+
+    /// Run the parallel residual's attention and MLP branches of each step side by side
+    /// (see [`KernelBackend::set_concurrent_branches`]); recorded steps are dropped by the
+    /// backend. The logits keep their bits; a sequential-residual model runs as before.
+    pub fn set_concurrent_branches(&mut self, on: bool) -> Result<()> {
+        self.backend.set_concurrent_branches(on)
+    }
+
+    /// Whether steps run the residual branches side by side.
+    pub fn concurrent_branches(&self) -> bool {
+        self.backend.concurrent_branches()
     }
 
     /// The model's hyper-parameters.
@@ -690,7 +715,12 @@ impl<B: KernelBackend> Engine<B> {
         let rows = self.prefill_rows.min(self.cursor.capacity()).max(1);
         if self.prefill.as_ref().is_none_or(|p| p.rows != rows) {
             self.prefill = None;
-            self.prefill = Some(Activations::new(&mut self.backend, &self.dims, rows)?);
+            self.prefill = Some(Activations::new(
+                &mut self.backend,
+                &self.dims,
+                rows,
+                false,
+            )?);
         }
         // The attention scratch for a chunk's query slices (a no-op once it fits).
         let slice = attention_slice(&self.backend).min(rows);
@@ -778,13 +808,41 @@ fn encode<B: KernelBackend>(
         eps,
         parallel,
     } = *dims;
+    // Concurrent branches (parallel residual only): the MLP runs on the backend's side
+    // branch beside the attention; both write f32 branch outputs that the next LayerNorm adds
+    // to x in the order the two AddF32 epilogues would (the same bits either way).
+    let mut branch_out = match (parallel && b.concurrent_branches(), s.branch_out.as_mut()) {
+        (false, _) => None,
+        (true, Some([attn_out, mlp_out])) => Some((attn_out, mlp_out)),
+        (true, None) => bail!("concurrent branches need a step scratch with branch outputs"),
+    };
+    // Whether x still lacks the previous layer's branch outputs.
+    let mut pending = false;
     b.embedding(&s.ids, &w.embed_in, &mut s.x, m, vocab, d)?;
     for (lw, cache) in w.layers.iter().zip(kv.iter_mut()) {
         // h1 = ln1(x); parallel residual: h2 = ln2(x) of the same x, in the same pass.
+        let (add_a, add_b) = match &branch_out {
+            Some((a, mo)) if pending => (Some(&**a), Some(&**mo)),
+            _ => (None, None),
+        };
         let second = parallel.then_some((&lw.ln2_w, &lw.ln2_b, &mut s.h2));
         b.add_layernorm(
-            &mut s.x, None, None, &lw.ln1_w, &lw.ln1_b, &mut s.h1, second, m, d, eps,
+            &mut s.x, add_a, add_b, &lw.ln1_w, &lw.ln1_b, &mut s.h1, second, m, d, eps,
         )?;
+        if let Some((_, mlp_out)) = &mut branch_out {
+            b.fork_side()?;
+            mlp(
+                b,
+                lw,
+                &s.h2,
+                &mut s.mid,
+                LinDest::F32(&mut **mlp_out),
+                m,
+                d,
+                inter,
+            )?;
+            b.back_to_main()?;
+        }
         b.linear(
             &s.h1,
             &lw.qkv_w,
@@ -804,47 +862,68 @@ fn encode<B: KernelBackend>(
             shape,
         )?;
         b.attention(&s.q, &cache.k, &cache.v, &s.pos, &mut s.attn, m, shape)?;
-        // x += attn · Wdᵀ + b
-        b.linear(
-            &s.attn,
-            &lw.dense_w,
-            Some(&lw.dense_b),
-            LinDest::AddF32(&mut s.x),
-            m,
-            d,
-            d,
-        )?;
+        // x += attn · Wdᵀ + b (or that term into the attention branch's output)
+        let dense_out = match &mut branch_out {
+            Some((attn_out, _)) => LinDest::F32(&mut **attn_out),
+            None => LinDest::AddF32(&mut s.x),
+        };
+        b.linear(&s.attn, &lw.dense_w, Some(&lw.dense_b), dense_out, m, d, d)?;
+        if branch_out.is_some() {
+            b.join_side()?;
+            pending = true;
+            continue;
+        }
         if !parallel {
             // Sequential residual: h2 = ln2(x + attn).
             b.add_layernorm(
                 &mut s.x, None, None, &lw.ln2_w, &lw.ln2_b, &mut s.h2, None, m, d, eps,
             )?;
         }
-        // x += gelu(h2 · W1ᵀ + b1) · W2ᵀ + b2
-        b.linear(
+        mlp(
+            b,
+            lw,
             &s.h2,
-            &lw.fc1_w,
-            Some(&lw.fc1_b),
-            LinDest::F16Gelu(&mut s.mid),
-            m,
-            inter,
-            d,
-        )?;
-        b.linear(
-            &s.mid,
-            &lw.fc2_w,
-            Some(&lw.fc2_b),
+            &mut s.mid,
             LinDest::AddF32(&mut s.x),
             m,
             d,
             inter,
         )?;
     }
+    let (add_a, add_b) = match &branch_out {
+        Some((a, mo)) if pending => (Some(&**a), Some(&**mo)),
+        _ => (None, None),
+    };
     b.add_layernorm(
-        &mut s.x, None, None, &w.final_w, &w.final_b, &mut s.h1, None, m, d, eps,
+        &mut s.x, add_a, add_b, &w.final_w, &w.final_b, &mut s.h1, None, m, d, eps,
     )?;
     b.linear(&s.h1, &w.embed_out, None, LinDest::F32(logits), m, vocab, d)?;
     Ok(())
+}
+
+/// The MLP of one layer: `out ← gelu(h2 · W1ᵀ + b1) · W2ᵀ + b2` (`out` says how: into x, or
+/// into a branch output), through `mid`.
+#[allow(clippy::too_many_arguments)]
+fn mlp<B: KernelBackend>(
+    b: &mut B,
+    lw: &LayerParams<B>,
+    h2: &B::Buf<f16>,
+    mid: &mut B::Buf<f16>,
+    out: LinDest<'_, B>,
+    m: usize,
+    d: usize,
+    inter: usize,
+) -> Result<()> {
+    b.linear(
+        h2,
+        &lw.fc1_w,
+        Some(&lw.fc1_b),
+        LinDest::F16Gelu(mid),
+        m,
+        inter,
+        d,
+    )?;
+    b.linear(mid, &lw.fc2_w, Some(&lw.fc2_b), out, m, d, inter)
 }
 
 /// `y = x·Wᵀ + b` over `m` rows: one call with the tensor-core kernel (any M; its launcher
