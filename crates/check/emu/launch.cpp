@@ -42,15 +42,14 @@ extern "C" int emu_rotary_kv_f16(const f16_t* qkv, const int* pos, f16_t* q, f16
 }
 
 extern "C" int emu_attention_f16(const f16_t* q, const f16_t* kc, const f16_t* vc,
-                                  const int* pos, float* o_part, float* ml_part, f16_t* out,
-                                  int M, int H, int hd, int max_pos, int n_split, float scale) {
+                                  const int* pos, float* o_part, float* ml_part,
+                                  unsigned* counters, f16_t* out, int M, int H, int hd,
+                                  int max_pos, int n_split, float scale) {
     const unsigned chunks = (unsigned)((M + ATT_MAX_M - 1) / ATT_MAX_M);
-    if (emu_launch3(n_split, H, chunks, ATT_SPLIT, [=] {
-            attn_partial_f16(q, kc, vc, pos, o_part, ml_part, M, H, hd, max_pos, n_split, scale);
-        }))
-        return 1;
-    return emu_launch(H, M, round32(hd),
-               [=] { attn_combine_f16(o_part, ml_part, pos, out, H, hd, max_pos, n_split); });
+    return emu_launch3(n_split, H, chunks, ATT_SPLIT, [=] {
+        attention_f16(q, kc, vc, pos, o_part, ml_part, counters, out, M, H, hd, max_pos, n_split,
+                      scale);
+    });
 }
 
 extern "C" int emu_argmax_f32(const float* logits, unsigned* out, int M, int V) {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use anyhow::{anyhow, bail, ensure, Result};
 use half::f16;
 use libloading::Library;
-use spedec_cuda::kernels::consts::ATT_SPLIT;
+use spedec_cuda::kernels::consts::{ATT_MAX_M, ATT_SPLIT};
 use spedec_cuda::linear_tc::{self, consts::LTC128_BM};
 use spedec_cuda::{AttnShape, Elem, KernelBackend, LinDest, LinearKernel, PickDest, SecondLn};
 use spedec_cuda::{ATT_PREFILL_ROWS, MAX_ROWS};
@@ -83,7 +83,7 @@ pub struct HostEmulator {
     linear_kernel: LinearKernel,
     /// [`KernelBackend::prefill_attention_rows`]: [`ATT_PREFILL_ROWS`] unless a test lowers it.
     prefill_attention_rows: usize,
-    /// Attention launch pairs run so far.
+    /// Attention launches run so far.
     attention_launches: u64,
     /// [`KernelBackend::concurrent_branches`]; the emulation runs the branches in the
     /// order they are enqueued, and checks that forks and joins pair up.
@@ -121,7 +121,7 @@ impl HostEmulator {
         }))
     }
 
-    /// Lower (or restore) the most queries a long prompt's attention puts in one launch pair
+    /// Lower (or restore) the most queries a long prompt's attention puts in one launch
     /// ([`KernelBackend::prefill_attention_rows`], 1..=[`ATT_PREFILL_ROWS`]), so a test on a
     /// tiny model crosses slice boundaries without a prompt of hundreds of tokens. An
     /// attention call of more rows (and more than a step's [`MAX_ROWS`]) then fails.
@@ -134,7 +134,7 @@ impl HostEmulator {
         Ok(())
     }
 
-    /// Attention launch pairs (`attn_partial_f16` + `attn_combine_f16`) emulated so far.
+    /// Attention launches (`attention_f16`) emulated so far.
     pub fn attention_launches(&self) -> u64 {
         self.attention_launches
     }
@@ -460,6 +460,7 @@ impl KernelBackend for HostEmulator {
         let rows = m * s.heads * n_split;
         let mut o_part: Vec<f32> = self.poisoned(rows * s.head_dim)?;
         let mut ml_part: Vec<f32> = self.poisoned(rows * 2)?;
+        let mut counters = vec![0u32; m.div_ceil(ATT_MAX_M) * s.heads];
         let (f, _serial) = self.sym::<unsafe extern "C" fn(
             H,
             H,
@@ -467,6 +468,7 @@ impl KernelBackend for HostEmulator {
             *const i32,
             *mut f32,
             *mut f32,
+            *mut u32,
             HM,
             i32,
             i32,
@@ -483,6 +485,7 @@ impl KernelBackend for HostEmulator {
                 pos.as_ptr(),
                 o_part.as_mut_ptr(),
                 ml_part.as_mut_ptr(),
+                counters.as_mut_ptr(),
                 pm(out),
                 m as i32,
                 s.heads as i32,
@@ -493,7 +496,13 @@ impl KernelBackend for HostEmulator {
             )
         };
         self.attention_launches += 1;
-        ok(r, "attention")
+        ok(r, "attention")?;
+        ensure!(
+            counters.iter().all(|&c| c == 0),
+            "emulated attention left a split counter non-zero (the next launch would combine \
+             too early): {counters:?}"
+        );
+        Ok(())
     }
 
     /// A slice copy, both ranges checked.

@@ -6,7 +6,7 @@
 //! with the largest differences reported, and a timing of the same launch. Batch invariance:
 //! rows 0 and 4 of an M = 5 call must be bit-identical to M = 1 calls on those rows alone,
 //! and every row of a long prompt's attention slice (M = [`ATT_PREFILL_CHECK_ROWS`], three
-//! query chunks in one launch pair) to M = 1 calls.
+//! query chunks in one launch) to M = 1 calls.
 //! The tensor-core linear (`linear_tc.cu`) runs at M = 1, 5, 16, 128 ([`TC_ROWS`]), timed
 //! against the CUDA-core one, with bit-exact invariance across its two block shapes.
 
@@ -1069,7 +1069,7 @@ struct AttnParams<B: CheckBackend> {
 }
 
 /// Queries of the long-prompt attention check: three chunks of 16 (16 + 16 + 8) in one
-/// `attention_rows` launch pair.
+/// `attention_rows` launch.
 pub const ATT_PREFILL_CHECK_ROWS: usize = 40;
 
 /// One attention call on `q` (f16 [m, H, hd]) at `pos` (m = `pos.len()`): a step's

@@ -4,7 +4,7 @@
 //! tensor-core on the parallel one). Checks, on a tiny synthetic model: a prefill of
 //! P ∈ {17, 40} rows — 40 also over several layer-major chunks of a smaller chunk size —
 //! gives logits bit-identical to token-by-token decoding and to 16-row steps, for every row;
-//! the attention of 40 rows runs as one launch pair a layer (three 16-query chunks), and,
+//! the attention of 40 rows runs as one launch a layer (three 16-query chunks), and,
 //! with the backend's slice lowered to 24 queries, as two with the same bits;
 //! `forward_last` gives the bits of the last row; a prefill after a rollback still matches;
 //! and the logits stay within the f16 tolerance of the CPU model. Prints `skipped: no C++
@@ -168,7 +168,7 @@ fn check_prefill(parallel: bool, kernel: LinearKernel) {
         );
     }
 
-    // The attention of a chunk in few launch pairs: one per layer for 40 queries at the
+    // The attention of a chunk in few launches: one per layer for 40 queries at the
     // default slice, two per layer (24 + 16) at a lowered one; the same bits either way.
     let layers = config.num_layers as u64;
     for (slice, pairs) in [(ATT_PREFILL_ROWS, 1), (ATT_SLICE, 2)] {
@@ -179,7 +179,7 @@ fn check_prefill(parallel: bool, kernel: LinearKernel) {
         assert_eq!(
             e.backend().attention_launches() - before,
             layers * pairs,
-            "{test}: attention launch pairs of a {LONGEST}-row prefill at slice {slice}"
+            "{test}: attention launches of a {LONGEST}-row prefill at slice {slice}"
         );
         assert_same(
             &format!("{test}: prefill of {LONGEST} with attention slices of {slice}"),

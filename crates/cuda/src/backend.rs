@@ -118,7 +118,7 @@ pub trait KernelBackend: Sized {
     }
 
     /// Most queries one [`KernelBackend::attention_rows`] call takes, so the most a long
-    /// prompt's attention puts in one launch pair: [`ATT_PREFILL_ROWS`] unless the backend
+    /// prompt's attention puts in one launch: [`ATT_PREFILL_ROWS`] unless the backend
     /// lowers it (the host emulation lets tests do so, to cross slice boundaries cheaply).
     fn prefill_attention_rows(&self) -> usize {
         ATT_PREFILL_ROWS
@@ -303,7 +303,7 @@ pub trait KernelBackend: Sized {
 
     /// [`KernelBackend::attention`] of the `m` queries at rows `row0..row0 + m` of `q` (f16
     /// [.., H, hd]), `pos` (i32 [..]) and `out` (f16 [.., H·hd]): a slice of a long prompt's
-    /// queries, whose keys are all in the cache already, in one launch pair. `m` may exceed
+    /// queries, whose keys are all in the cache already, in one launch. `m` may exceed
     /// [`MAX_ROWS`], up to [`KernelBackend::prefill_attention_rows`] (at most
     /// [`ATT_PREFILL_ROWS`]) and the rows given to [`KernelBackend::prepare_prefill`]. A
     /// query's result is the `attention` one, bit for bit (the kernel is batch invariant per
@@ -437,7 +437,7 @@ fn with_rows<B: KernelBackend, T: Elem>(
 /// Kernels on one GPU stream, with the attention scratch and the CUDA graphs of one model.
 pub struct GpuBackend {
     gpu: Arc<GpuContext>,
-    /// f32 partial results of the two-pass attention, for up to [`MAX_ROWS`] queries.
+    /// f32 partial results of the split attention (and its counters), for up to [`MAX_ROWS`] queries.
     scratch: Option<AttnScratch>,
     /// The same for a long prompt's attention slices (up to [`ATT_PREFILL_ROWS`] queries),
     /// made by [`KernelBackend::prepare_prefill`].

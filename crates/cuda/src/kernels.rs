@@ -47,7 +47,7 @@ pub static KERNEL_SOURCES: &[KernelSource] = &[
     KernelSource {
         file: "attention.cu",
         source: include_str!("../../../kernels/attention.cu"),
-        entry_points: &["attn_partial_f16", "attn_combine_f16"],
+        entry_points: &["attention_f16"],
     },
     KernelSource {
         file: "logits.cu",

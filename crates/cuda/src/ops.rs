@@ -101,17 +101,20 @@ impl AttnShape {
 }
 
 /// Most queries one [`GpuContext::attention_f16`] call takes (the scratch's row bound for a
-/// long prompt's attention): a launch pair covers up to 16 chunks of 16 queries. At a
+/// long prompt's attention): a launch covers up to 16 chunks of 16 queries. At a
 /// capacity of 2,048 positions (16 splits) with 32 heads of 80 dims the f32 scratch is
 /// 256·32·16·80·4 ≈ 42 MB.
 pub const ATT_PREFILL_ROWS: usize = 256;
 
-/// Scratch for the two-pass attention: the per-split partial results.
+/// Scratch for the split attention: the per-split partial results, and the counters that
+/// tell the last split of a (query chunk, head) to combine them.
 pub struct AttnScratch {
     /// f32 [max_m, H, n_split, hd]
     o_part: CudaSlice<f32>,
     /// f32 [max_m, H, n_split, 2]
     ml_part: CudaSlice<f32>,
+    /// u32 [ceil(max_m / 16), H], zero between launches
+    counters: CudaSlice<u32>,
     max_m: usize,
     shape: AttnShape,
 }
@@ -129,6 +132,7 @@ impl AttnScratch {
         Ok(Self {
             o_part: gpu.zeros(rows * shape.head_dim)?,
             ml_part: gpu.zeros(rows * 2)?,
+            counters: gpu.zeros(max_m.div_ceil(ATT_MAX_M) * shape.heads)?,
             max_m,
             shape: *shape,
         })
@@ -516,8 +520,9 @@ impl GpuContext {
     }
 
     /// Causal attention of m queries (up to the scratch's rows, at most [`ATT_PREFILL_ROWS`])
-    /// over one layer's KV cache: two launches, pass 1 split over the keys in fixed blocks of
-    /// 128 positions and over the queries in chunks of 16; scale 1/sqrt(hd).
+    /// over one layer's KV cache in one launch, split over the keys in fixed blocks of 128
+    /// positions and over the queries in chunks of 16, the last split of each (chunk, head)
+    /// combining the splits in split order; scale 1/sqrt(hd).
     ///
     /// q: f16 [m, H, hd], k_cache / v_cache: f16 [H, max_pos, hd] (exact), pos: i32 \[m\]
     /// (query r sees keys 0..=pos\[r\]), out: f16 [m, H·hd].
@@ -562,8 +567,8 @@ impl GpuContext {
         let scale = 1.0f32 / (hd as f32).sqrt();
         let s = self.stream();
 
-        let f1 = self.function("attn_partial_f16")?;
-        let cfg1 = LaunchConfig {
+        let f = self.function("attention_f16")?;
+        let cfg = LaunchConfig {
             grid_dim: (
                 to_u32("n_split", n_split)?,
                 to_u32("heads", h)?,
@@ -572,55 +577,36 @@ impl GpuContext {
             block_dim: (ATT_SPLIT, 1, 1),
             shared_mem_bytes: 0,
         };
-        {
-            let (p_q, _g0) = q.device_ptr(s);
-            let (p_k, _g1) = k_cache.device_ptr(s);
-            let (p_v, _g2) = v_cache.device_ptr(s);
-            let (p_pos, _g3) = pos.device_ptr(s);
-            ensure!(
-                p_k % 16 == 0 && p_v % 16 == 0,
-                "attention_f16: k/v cache must be 16-byte aligned"
-            );
-            let (p_o, _g4) = scratch.o_part.device_ptr_mut(s);
-            let (p_ml, _g5) = scratch.ml_part.device_ptr_mut(s);
-            let mut b = s.launch_builder(f1);
-            b.arg(&p_q)
-                .arg(&p_k)
-                .arg(&p_v)
-                .arg(&p_pos)
-                .arg(&p_o)
-                .arg(&p_ml)
-                .arg(&m_i)
-                .arg(&h_i)
-                .arg(&hd_i)
-                .arg(&mp_i)
-                .arg(&ns_i)
-                .arg(&scale);
-            // SAFETY: argument list matches attention.cu; lengths checked above.
-            unsafe { b.launch(cfg1) }.map_err(launch_err("attn_partial_f16"))?;
-        }
-
-        let f2 = self.function("attn_combine_f16")?;
-        let cfg2 = LaunchConfig {
-            grid_dim: (to_u32("heads", h)?, to_u32("m", m)?, 1),
-            block_dim: (hd.div_ceil(32) as u32 * 32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (p_o, _g0) = scratch.o_part.device_ptr(s);
-        let (p_ml, _g1) = scratch.ml_part.device_ptr(s);
-        let (p_pos, _g2) = pos.device_ptr(s);
-        let (p_out, _g3) = out.device_ptr_mut(s);
-        let mut b = s.launch_builder(f2);
-        b.arg(&p_o)
-            .arg(&p_ml)
+        let (p_q, _g0) = q.device_ptr(s);
+        let (p_k, _g1) = k_cache.device_ptr(s);
+        let (p_v, _g2) = v_cache.device_ptr(s);
+        let (p_pos, _g3) = pos.device_ptr(s);
+        ensure!(
+            p_k % 16 == 0 && p_v % 16 == 0,
+            "attention_f16: k/v cache must be 16-byte aligned"
+        );
+        let (p_o, _g4) = scratch.o_part.device_ptr_mut(s);
+        let (p_ml, _g5) = scratch.ml_part.device_ptr_mut(s);
+        let (p_c, _g6) = scratch.counters.device_ptr_mut(s);
+        let (p_out, _g7) = out.device_ptr_mut(s);
+        let mut b = s.launch_builder(f);
+        b.arg(&p_q)
+            .arg(&p_k)
+            .arg(&p_v)
             .arg(&p_pos)
+            .arg(&p_o)
+            .arg(&p_ml)
+            .arg(&p_c)
             .arg(&p_out)
+            .arg(&m_i)
             .arg(&h_i)
             .arg(&hd_i)
             .arg(&mp_i)
-            .arg(&ns_i);
-        // SAFETY: argument list matches attention.cu; lengths checked above.
-        unsafe { b.launch(cfg2) }.map_err(launch_err("attn_combine_f16"))?;
+            .arg(&ns_i)
+            .arg(&scale);
+        // SAFETY: argument list matches attention.cu; lengths checked above, the counters
+        // hold ceil(max_m / 16) · H >= the grid's chunks · H.
+        unsafe { b.launch(cfg) }.map_err(launch_err("attention_f16"))?;
         Ok(())
     }
 

@@ -20,7 +20,7 @@
 //! | `h = ln1(x)` (and `ln2(x)` when parallel)  | `add_layernorm_f16` (both LNs of one x in a pass) | the same, P rows                                    |
 //! | `qkv = h·Wqkvᵀ + b`                        | `linear_f16` → f16                                | one linear of M = P (SIMT: 16-row slices)           |
 //! | rotary on q, k; k, v into the cache        | `rotary_kv_f16`                                   | the same, P rows: the layer's K/V of the whole chunk |
-//! | causal attention                           | `attn_partial_f16` + `attn_combine_f16`           | the same, ≤ 256 queries a pair (`attention_rows`)   |
+//! | causal attention                           | `attention_f16` (splits combined by the last one) | the same, ≤ 256 queries a launch (`attention_rows`) |
 //! | `x += attn·Wdᵀ + b`                        | `linear_f16` with the f32 `+=` epilogue           | one linear of M = P                                 |
 //! | sequential only: `h = ln2(x)`              | `add_layernorm_f16`                               | the same, P rows                                    |
 //! | `x += gelu(h·W1ᵀ + b1)·W2ᵀ + b2`           | `linear_f16` (+GELU) → f16, then `+=` into x      | two linears of M = P                                |
@@ -41,10 +41,10 @@
 //! rotary launch writes the chunk's K and V of the layer into the cache for all P positions
 //! first, so every query's keys (earlier chunks' and its own chunk's, up to its position)
 //! are in the cache when the attention runs, in slices of up to [`ATT_PREFILL_ROWS`] (256)
-//! queries, each one launch pair (`attention_rows`; the kernel's blocks take 16 queries
+//! queries, each one launch (`attention_rows`; the kernel's blocks take 16 queries
 //! each, the slice bounds its f32 scratch: ≈ 42 MB at 2,048 positions on Pythia-2.8b, made
 //! by `KernelBackend::prepare_prefill` beside the chunk's activations), so a 2,048-token
-//! prompt's attention is 8 launch pairs a layer, not 128. Longer prompts run as chunks in
+//! prompt's attention is 8 launches a layer, not 128. Longer prompts run as chunks in
 //! order; a chunk's attention reads the K/V earlier chunks left in every layer. The chunk scratch ([`PREFILL_ROWS`] rows, capped
 //! by the cache capacity) is allocated on the first long prompt, never inside a recorded
 //! step.
@@ -961,7 +961,7 @@ fn attention_slice<B: KernelBackend>(b: &B) -> usize {
 /// Enqueue one layer-major prefill chunk of `m` rows (ids and positions already on the
 /// device): every layer over all `m` rows before the next layer, the chunk's K/V written to
 /// the cache before its attention (in slices of up to [`ATT_PREFILL_ROWS`] queries, one
-/// launch pair each), and with `final_ln` the final LayerNorm of all rows into `h1` (the
+/// launch each), and with `final_ln` the final LayerNorm of all rows into `h1` (the
 /// caller unembeds the rows it wants).
 #[allow(clippy::too_many_arguments)]
 fn encode_prefill<B: KernelBackend>(
