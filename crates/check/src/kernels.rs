@@ -1081,12 +1081,26 @@ fn run_attention<B: CheckBackend>(
     pos: &[usize],
     reps: usize,
 ) -> Result<(Vec<f16>, Option<f64>)> {
-    let m = pos.len();
-    let shape = &a.shape;
     let pos_i: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
+    let m = pos.len();
+    let o = b.poisoned::<f16>(m * a.shape.hidden())?;
+    run_attention_at(b, a, q, &pos_i, o, reps)
+}
+
+/// [`run_attention`] at positions as the kernel takes them (any i32, also invalid ones),
+/// into `o` as given (f16 [m, H·hd]).
+fn run_attention_at<B: CheckBackend>(
+    b: &mut B,
+    a: &AttnParams<B>,
+    q: &[f16],
+    pos_i: &[i32],
+    mut o: B::Buf<f16>,
+    reps: usize,
+) -> Result<(Vec<f16>, Option<f64>)> {
+    let m = pos_i.len();
+    let shape = &a.shape;
     let qd = b.upload(q)?;
-    let pd = b.upload(&pos_i)?;
-    let mut o = b.poisoned::<f16>(m * shape.hidden())?;
+    let pd = b.upload(pos_i)?;
     if m > MAX_ROWS {
         b.prepare_prefill(shape, m)?;
     }
@@ -1170,6 +1184,51 @@ fn check_attention<B: CheckBackend>(
             &bits_f16(&o1),
         ));
     }
+    // Invalid positions give f16 NaN rows and leave the valid rows of the call as they are
+    // alone: 3 queries at (valid, max_pos, valid), and one at −1 (no valid position in its
+    // chunk: only split 0 runs, and must still write the row). The outputs start at 0, not
+    // at the NaN poison, so a row left unwritten shows.
+    let p0 = filled - 200.min(filled / 2);
+    let (qh, _) = rng.f16s(3 * h * hd, 4.0, 0.0);
+    let width = h * hd;
+    let mixed = [p0 as i32, mp as i32, (p0 + 7) as i32];
+    let zeros = b.upload(&vec![f16::ZERO; 3 * width])?;
+    let (o3, _) = run_attention_at(b, &a, &qh, &mixed, zeros, 0)?;
+    let zeros = b.upload(&vec![f16::ZERO; width])?;
+    let (neg, _) = run_attention_at(b, &a, &qh[..width], &[-1], zeros, 0)?;
+    let mut problems = Vec::new();
+    for (row, &p) in mixed.iter().enumerate() {
+        let got = &o3[row * width..(row + 1) * width];
+        if p == mp as i32 {
+            if !got.iter().all(|x| x.is_nan()) {
+                problems.push(format!("row {row} (pos {p} = max_pos) is not all NaN"));
+            }
+            continue;
+        }
+        let o = b.poisoned::<f16>(width)?;
+        let (alone, _) = run_attention_at(b, &a, &qh[row * width..(row + 1) * width], &[p], o, 0)?;
+        if bits_f16(got) != bits_f16(&alone) {
+            problems.push(format!("row {row} (pos {p}) differs from the query alone"));
+        }
+    }
+    if !neg.iter().all(|x| x.is_nan()) {
+        problems.push("the query at pos −1 is not all NaN".into());
+    }
+    out.push(CheckResult {
+        name: "attention_f16 invalid positions".into(),
+        shape: format!("{} pos {mixed:?} and [-1] [{h}x{hd}]", model.name),
+        max_abs: 0.0,
+        max_rel: 0.0,
+        atol: 0.0,
+        rtol: 0.0,
+        pass: problems.is_empty(),
+        time_us: None,
+        note: if problems.is_empty() {
+            "NaN rows for invalid positions, valid rows bit-identical to alone".into()
+        } else {
+            problems.join("; ")
+        },
+    });
     // A long prompt's slice: M = 40 queries (3 query chunks) across a split boundary, against
     // the CPU reference and, bit for bit, against each query alone.
     let m = ATT_PREFILL_CHECK_ROWS;
