@@ -24,11 +24,14 @@ embedding_f16(const unsigned int* __restrict__ ids, const f16_t* __restrict__ ta
     for (int i = threadIdx.x; i < d; i += EMB_THREADS) row_out[i] = h2f(row[i]);
 }
 
-// pos: i32 [M] = start, start + 1, …, start + M − 1: a step's positions, written by a launch
-// (its arguments travel with the launch) rather than by a copy from pageable host memory,
-// which would make the host wait for the stream — so a chain of steps (the device
-// speculative step) enqueues without waiting. grid (1), block EMB_THREADS.
+// pos: i32 [M] = b + start, b + start + 1, …: a step's positions, written by a launch (its
+// arguments travel with the launch) rather than by a copy from pageable host memory, which
+// would make the host wait for the stream — so a chain of steps (the device speculative
+// step) enqueues without waiting. b = base[0] when base is given (read when the kernel runs,
+// so a recorded chain of steps replays at new positions), else 0. grid (1), block
+// EMB_THREADS.
 extern "C" __global__ void __launch_bounds__(EMB_THREADS)
-positions_i32(int* __restrict__ pos, int start, int M) {
-    for (int i = threadIdx.x; i < M; i += EMB_THREADS) pos[i] = start + i;
+positions_i32(int* __restrict__ pos, const int* __restrict__ base, int start, int M) {
+    const int b = base != nullptr ? base[0] : 0;
+    for (int i = threadIdx.x; i < M; i += EMB_THREADS) pos[i] = b + start + i;
 }

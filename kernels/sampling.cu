@@ -424,20 +424,34 @@ __device__ int block_argmax(const float* row, int V, ArgmaxShared* sh) {
 
 // ---- one row's token -------------------------------------------------------------------
 
+// A counter's position and index: from the launch, or (step_state non-null, i32 [2]) the
+// state's base position plus `position`, and its index. Read at the point of use (volatile,
+// so it is not kept in registers across the kernel).
+__device__ __forceinline__ unsigned state_position(const int* step_state, unsigned position) {
+    if (step_state == nullptr) return position;
+    return (unsigned)*(const volatile int*)step_state + position;
+}
+__device__ __forceinline__ unsigned state_index(const int* step_state, unsigned index) {
+    if (step_state == nullptr) return index;
+    return (unsigned)((const volatile int*)step_state)[1];
+}
+
 // One token from one row, in one launch (the device-resident decode step).
 //   row: f32 [V] logits; probs_row: f32 [V] (written when greedy == 0, unused otherwise);
 //   token: i32 [1]; draft_input, verify_input: u32 [1] each, or null.
 // Greedy (greedy != 0): the argmax of row (lowest id on ties). Random: row processed by
 // process_row into probs_row, then drawn by inverse CDF (as sample_draw_f32) with the uniform
-// of counter (position, stream, index, 0) under seed. A row with a NaN or +inf, without a
+// of counter (position, stream, index, 0) under seed — or, when step_state (i32 [2]) is
+// given, of (step_state[0] + position, stream, step_state[1], 0), read when the kernel runs. A row with a NaN or +inf, without a
 // finite logit, or (random) without mass gives token −1 and input ids 0 (the CPU sampler
 // refuses such rows). grid (1), block SAMPLE_THREADS.
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
 sample_pick_f32(const float* __restrict__ row, float* __restrict__ probs_row,
                 int* __restrict__ token, unsigned* __restrict__ draft_input,
                 unsigned* __restrict__ verify_input, int V, int greedy, float temperature,
-                int top_k, float top_p, unsigned long long seed, unsigned position,
-                unsigned stream, unsigned index) {
+                int top_k, float top_p, unsigned long long seed,
+                const int* __restrict__ step_state, unsigned position, unsigned stream,
+                unsigned index) {
     __shared__ ProcessShared psh;
     __shared__ DrawShared dsh;
     __shared__ ArgmaxShared ash;
@@ -460,7 +474,8 @@ sample_pick_f32(const float* __restrict__ row, float* __restrict__ probs_row,
     } else {
         process_row(row, probs_row, V, temperature, top_k, top_p, &psh);
         __syncthreads();  // probs_row is read in other threads' chunks
-        const double u = philox_to_uniform(philox_word(seed, position, stream, index));
+        const double u = philox_to_uniform(philox_word(
+            seed, state_position(step_state, position), stream, state_index(step_state, index)));
         tok = cdf_pick(ProbW{probs_row}, V, u, &dsh);
     }
     if (bad) tok = -1;
@@ -483,13 +498,16 @@ sample_pick_f32(const float* __restrict__ row, float* __restrict__ probs_row,
 // from target row gamma with u from (position + gamma, RESIDUAL, index).
 // Greedy (greedy != 0): accept while d_i is row i's argmax (lowest id on ties); the next
 // token is the argmax of the first disagreeing row (row gamma if none).
+// step_state (i32 [2]) or null: when given, position and index are step_state[0] + position
+// and step_state[1], read when the kernel runs (a recorded chain replays with new ones).
 // out[0] = accepted count a, out[1 .. a] = the accepted drafts, out[1 + a] = the next token,
 // the rest −1. A draft id outside [0, V) or a row without mass writes out[0] = −1.
 // grid (1), block SAMPLE_THREADS.
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
 spec_verify_f32(const float* __restrict__ target, const float* __restrict__ draft,
                 const int* __restrict__ drafts, int* __restrict__ out, int gamma, int V,
-                int greedy, unsigned long long seed, unsigned position, unsigned index) {
+                int greedy, unsigned long long seed, const int* __restrict__ step_state,
+                unsigned position, unsigned index) {
     __shared__ DrawShared dsh;
     __shared__ ArgmaxShared ash;
     int accepted = gamma, next = -1;
@@ -512,12 +530,14 @@ spec_verify_f32(const float* __restrict__ target, const float* __restrict__ draf
         }
         const float* qrow = draft + (size_t)i * V;
         const double px = (double)prow[d], qx = (double)qrow[d];
-        const double u = philox_to_uniform(
-            philox_word(seed, position + (unsigned)i, PHILOX_STREAM_ACCEPT, index));
+        const double u = philox_to_uniform(philox_word(
+            seed, state_position(step_state, position) + (unsigned)i, PHILOX_STREAM_ACCEPT,
+            state_index(step_state, index)));
         if (px >= qx || u < px / qx) continue;
         accepted = i;
-        const double ur = philox_to_uniform(
-            philox_word(seed, position + (unsigned)i, PHILOX_STREAM_RESIDUAL, index));
+        const double ur = philox_to_uniform(philox_word(
+            seed, state_position(step_state, position) + (unsigned)i, PHILOX_STREAM_RESIDUAL,
+            state_index(step_state, index)));
         next = cdf_pick(ResidualW{prow, qrow}, V, ur, &dsh);
         if (next < 0) next = cdf_pick(ProbW{prow}, V, ur, &dsh);
         break;
@@ -527,8 +547,9 @@ spec_verify_f32(const float* __restrict__ target, const float* __restrict__ draf
         if (greedy) {
             next = block_argmax(prow, V, &ash);
         } else {
-            const double u = philox_to_uniform(
-                philox_word(seed, position + (unsigned)gamma, PHILOX_STREAM_RESIDUAL, index));
+            const double u = philox_to_uniform(philox_word(
+                seed, state_position(step_state, position) + (unsigned)gamma,
+                PHILOX_STREAM_RESIDUAL, state_index(step_state, index)));
             next = cdf_pick(ProbW{prow}, V, u, &dsh);
         }
     }

@@ -16,8 +16,8 @@ extern "C" int emu_embedding_f16(const unsigned* ids, const f16_t* table, float*
     return emu_launch(M, 1, EMB_THREADS, [=] { embedding_f16(ids, table, out, V, d); });
 }
 
-extern "C" int emu_positions_i32(int* pos, int start, int M) {
-    return emu_launch(1, 1, EMB_THREADS, [=] { positions_i32(pos, start, M); });
+extern "C" int emu_positions_i32(int* pos, const int* base, int start, int M) {
+    return emu_launch(1, 1, EMB_THREADS, [=] { positions_i32(pos, base, start, M); });
 }
 
 extern "C" int emu_add_layernorm_f16(float* x, const float* a, const float* b,
@@ -97,9 +97,11 @@ extern "C" int emu_sample_draw_f32(const float* probs, int* out, int M, int V,
 
 extern "C" int emu_spec_verify_f32(const float* target, const float* draft, const int* drafts,
                                     int* out, int gamma, int V, int greedy,
-                                    unsigned long long seed, unsigned position, unsigned index) {
+                                    unsigned long long seed, const int* step_state,
+                                    unsigned position, unsigned index) {
     return emu_launch(1, 1, SAMPLE_THREADS, [=] {
-        spec_verify_f32(target, draft, drafts, out, gamma, V, greedy, seed, position, index);
+        spec_verify_f32(target, draft, drafts, out, gamma, V, greedy, seed, step_state, position,
+                        index);
     });
 }
 
@@ -123,10 +125,10 @@ extern "C" int emu_read_probe_f16(const uint4* buf, unsigned long long n_vec, un
 extern "C" int emu_sample_pick_f32(const float* row, float* probs_row, int* token,
                                     unsigned* draft_input, unsigned* verify_input, int V,
                                     int greedy, float temperature, int top_k, float top_p,
-                                    unsigned long long seed, unsigned position, unsigned stream,
-                                    unsigned index) {
+                                    unsigned long long seed, const int* step_state,
+                                    unsigned position, unsigned stream, unsigned index) {
     return emu_launch(1, 1, SAMPLE_THREADS, [=] {
         sample_pick_f32(row, probs_row, token, draft_input, verify_input, V, greedy, temperature,
-                        top_k, top_p, seed, position, stream, index);
+                        top_k, top_p, seed, step_state, position, stream, index);
     });
 }

@@ -18,7 +18,9 @@ use half::f16;
 use libloading::Library;
 use spedec_cuda::kernels::consts::{ATT_MAX_M, ATT_SPLIT};
 use spedec_cuda::linear_tc::{self, consts::LTC128_BM};
-use spedec_cuda::{AttnShape, Elem, KernelBackend, LinDest, LinearKernel, PickDest, SecondLn};
+use spedec_cuda::{
+    AttnShape, Elem, KernelBackend, LinDest, LinearKernel, PhiloxAt, PickDest, SecondLn,
+};
 use spedec_cuda::{ATT_PREFILL_ROWS, MAX_ROWS};
 use spedec_sampling::philox::Stream;
 use spedec_sampling::{Sampler, SamplingParams};
@@ -224,10 +226,34 @@ impl KernelBackend for HostEmulator {
             "positions: {m} from {start} into a buffer of {}",
             pos.len()
         );
-        let (f, _serial) =
-            self.sym::<unsafe extern "C" fn(*mut i32, i32, i32) -> i32>("emu_positions_i32")?;
+        let (f, _serial) = self
+            .sym::<unsafe extern "C" fn(*mut i32, *const i32, i32, i32) -> i32>(
+                "emu_positions_i32",
+            )?;
         ok(
-            unsafe { f(pos.as_mut_ptr(), start as i32, m as i32) },
+            unsafe { f(pos.as_mut_ptr(), std::ptr::null(), start as i32, m as i32) },
+            "positions",
+        )
+    }
+
+    fn fill_positions_at(
+        &mut self,
+        pos: &mut Vec<i32>,
+        base: &Vec<i32>,
+        offset: i32,
+        m: usize,
+    ) -> Result<()> {
+        ensure!(
+            pos.len() >= m && !base.is_empty() && m <= i32::MAX as usize,
+            "positions: {m} from base + {offset} into a buffer of {}",
+            pos.len()
+        );
+        let (f, _serial) = self
+            .sym::<unsafe extern "C" fn(*mut i32, *const i32, i32, i32) -> i32>(
+                "emu_positions_i32",
+            )?;
+        ok(
+            unsafe { f(pos.as_mut_ptr(), base.as_ptr(), offset, m as i32) },
             "positions",
         )
     }
@@ -552,8 +578,7 @@ impl KernelBackend for HostEmulator {
         gamma: usize,
         vocab: usize,
         seed: u64,
-        position: u32,
-        index: u32,
+        counter: PhiloxAt<'_, Vec<i32>>,
     ) -> Result<()> {
         ensure!(vocab > 0 && target.len() >= (gamma + 1) * vocab);
         ensure!(draft.is_none_or(|q| q.len() >= gamma * vocab));
@@ -567,10 +592,12 @@ impl KernelBackend for HostEmulator {
             i32,
             i32,
             u64,
+            *const i32,
             u32,
             u32,
         ) -> i32>("emu_spec_verify_f32")?;
         let q = draft.map_or(std::ptr::null(), |q| q.as_ptr());
+        let (state, position, index) = counter_args(counter)?;
         let r = unsafe {
             f(
                 target.as_ptr(),
@@ -581,6 +608,7 @@ impl KernelBackend for HostEmulator {
                 vocab as i32,
                 i32::from(draft.is_none()),
                 seed,
+                state,
                 position,
                 index,
             )
@@ -597,14 +625,14 @@ impl KernelBackend for HostEmulator {
         vocab: usize,
         sampler: &Sampler,
         seed: u64,
-        position: u32,
         stream: Stream,
-        index: u32,
+        counter: PhiloxAt<'_, Vec<i32>>,
     ) -> Result<()> {
         ensure!(
             vocab > 0 && vocab <= i32::MAX as usize,
             "emulated sample_pick: vocab {vocab}"
         );
+        let (state, position, index) = counter_args(counter)?;
         let row_at = |what: &str, len: usize, r: usize| -> Result<usize> {
             r.checked_mul(vocab)
                 .filter(|&s| s.checked_add(vocab).is_some_and(|e| e <= len))
@@ -662,6 +690,7 @@ impl KernelBackend for HostEmulator {
             i32,
             f32,
             u64,
+            *const i32,
             u32,
             u32,
             u32,
@@ -681,6 +710,7 @@ impl KernelBackend for HostEmulator {
                 top_k,
                 top_p,
                 seed,
+                state,
                 position,
                 stream.id(),
                 index,
@@ -688,6 +718,22 @@ impl KernelBackend for HostEmulator {
         };
         ok(r, "sample_pick")
     }
+}
+
+/// The kernel arguments of a counter: the state (or null), the position (or the offset to
+/// the state's base, as u32) and the index (0 with a state).
+fn counter_args(counter: PhiloxAt<'_, Vec<i32>>) -> Result<(*const i32, u32, u32)> {
+    Ok(match counter {
+        PhiloxAt::Host { position, index } => (std::ptr::null(), position, index),
+        PhiloxAt::Device { state, offset } => {
+            ensure!(
+                state.len() >= 2,
+                "Philox step state: needs 2 elements, got {}",
+                state.len()
+            );
+            (state.as_ptr(), offset as u32, 0)
+        }
+    })
 }
 
 impl HostEmulator {

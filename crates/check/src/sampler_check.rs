@@ -14,7 +14,7 @@
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
-use spedec_cuda::PickDest;
+use spedec_cuda::{PhiloxAt, PickDest};
 use spedec_sampling::philox::{philox4x32_10, philox_key, uniform_from_u32, Stream};
 use spedec_sampling::{process, Rng, Sampler, SamplingParams};
 
@@ -462,8 +462,22 @@ fn pick_line<B: SamplerBackend>(
     let mut draft_in = b.poisoned::<u32>(rows)?;
     let mut verify_in = b.poisoned::<u32>(rows)?;
     let random = matches!(sampler, Sampler::Random(_));
+    // Odd rows take their counter from a device state {position, index} (as a recorded
+    // speculative step does), even rows from the launch: the same counters either way.
+    let state = b.upload(&[position as i32, index as i32])?;
     let mut pick_all = |b: &mut B| -> Result<()> {
         for r in 0..rows {
+            let counter = if r % 2 == 1 {
+                PhiloxAt::Device {
+                    state: &state,
+                    offset: r as i32,
+                }
+            } else {
+                PhiloxAt::Host {
+                    position: position + r as u32,
+                    index,
+                }
+            };
             b.sample_pick(
                 t_dev,
                 r,
@@ -476,9 +490,8 @@ fn pick_line<B: SamplerBackend>(
                 vocab,
                 sampler,
                 seed,
-                position + r as u32,
                 Stream::First,
-                index,
+                counter,
             )?;
         }
         Ok(())
@@ -701,6 +714,9 @@ pub fn run_sampler_checks_on<B: SamplerBackend>(
             }
         };
         let target_in = p_dev.as_ref().unwrap_or(&t_dev);
+        // The checked call reads its counters from a device state (as a recorded
+        // speculative step does); the timed calls take them from the launch, and must agree.
+        let state = b.upload(&[position as i32, index as i32])?;
         b.spec_verify(
             target_in,
             q_proc.as_ref(),
@@ -709,9 +725,12 @@ pub fn run_sampler_checks_on<B: SamplerBackend>(
             gamma,
             vocab,
             seed,
-            position,
-            index,
+            PhiloxAt::Device {
+                state: &state,
+                offset: 0,
+            },
         )?;
+        let got = b.download(&verdict)?;
         let t = timed(b, timing_reps, |b| {
             b.spec_verify(
                 target_in,
@@ -721,11 +740,15 @@ pub fn run_sampler_checks_on<B: SamplerBackend>(
                 gamma,
                 vocab,
                 seed,
-                position,
-                index,
+                PhiloxAt::Host { position, index },
             )
         })?;
-        let got = b.download(&verdict)?;
+        let again = b.download(&verdict)?;
+        ensure!(
+            timing_reps == 0 || again == got,
+            "spec_verify_f32: counters from the launch decided {again:?}, from a device state \
+             {got:?}"
+        );
         let want_layout = want.to_device_layout(&drafts);
         let mut d = decision_diff();
         let margin = if rows_at_boundary { 0.0 } else { want.margin };

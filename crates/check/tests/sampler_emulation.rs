@@ -19,7 +19,7 @@ use spedec_check::sampler_check::{
     processing_boundary, run_sampler_checks_on, DecisionDiff, ProcessDiff, RowKind, BOUNDARY_EPS,
 };
 use spedec_check::sampling_reference::verify_probs;
-use spedec_cuda::{KernelBackend, PickDest};
+use spedec_cuda::{KernelBackend, PhiloxAt, PickDest};
 use spedec_sampling::philox::Stream;
 use spedec_sampling::{Rng, Sampler, SamplingParams};
 use support::{emulator_or_skip, visible};
@@ -277,8 +277,7 @@ fn verify_exact(
         drafts.len(),
         v,
         seed,
-        position,
-        index,
+        PhiloxAt::Host { position, index },
     )
     .unwrap();
     let p64: Vec<Vec<f64>> = p
@@ -343,7 +342,11 @@ fn decisions_match_on_constructed_p_and_q() {
     // A bad draft id is reported, not used.
     let mut out = vec![0i32; 3];
     let pf = [p0.clone(), p0.clone()].concat();
-    emu.spec_verify(&pf, Some(&q0), &vec![v as i32], &mut out, 1, v, 1, 0, 0)
+    let at = PhiloxAt::Host {
+        position: 0,
+        index: 0,
+    };
+    emu.spec_verify(&pf, Some(&q0), &vec![v as i32], &mut out, 1, v, 1, at)
         .unwrap();
     assert_eq!(out, vec![-1, -1, -1]);
 
@@ -434,10 +437,9 @@ fn decisions_match_on_processed_logits_and_greedy() {
         let mut out = vec![-9i32; gamma + 2];
         let processed = match &sampler {
             Sampler::Greedy => {
-                emu.spec_verify(
-                    &target, None, &d_i, &mut out, gamma, v, seed, position, index,
-                )
-                .unwrap();
+                let at = PhiloxAt::Host { position, index };
+                emu.spec_verify(&target, None, &d_i, &mut out, gamma, v, seed, at)
+                    .unwrap();
                 None
             }
             Sampler::Random(p) => {
@@ -451,8 +453,7 @@ fn decisions_match_on_processed_logits_and_greedy() {
                     gamma,
                     v,
                     seed,
-                    position,
-                    index,
+                    PhiloxAt::Host { position, index },
                 )
                 .unwrap();
                 Some((pt, qt))
@@ -530,8 +531,10 @@ fn emitted_tokens_follow_the_target_distribution() {
             1,
             v,
             seed,
-            pos as u32,
-            index,
+            PhiloxAt::Host {
+                position: pos as u32,
+                index,
+            },
         )
         .unwrap();
         let first = if out[0] == 1 { d } else { out[1] };
@@ -589,9 +592,8 @@ fn pick_on(
         v,
         sampler,
         seed,
-        position,
         stream,
-        index,
+        PhiloxAt::Host { position, index },
     )
     .unwrap();
     (tok[0], probs, d[0], q[0])
@@ -666,9 +668,8 @@ fn pick_equals_process_then_draw_and_greedy_the_argmax() {
                     v,
                     &Sampler::Greedy,
                     seed,
-                    position,
                     Stream::First,
-                    index,
+                    PhiloxAt::Host { position, index },
                 )
                 .unwrap();
                 assert_eq!(tok[0], want as i32, "greedy V={v} row {r} ({:?})", kinds[r]);
@@ -705,6 +706,8 @@ fn pick_routes_ids_and_flags_bad_rows() {
         let mut tok = vec![-5i32; 6];
         let mut d = vec![11u32; 9];
         let mut q = vec![12u32; 4];
+        // The counter (position 2, index 3) from a device state, as a device step takes it.
+        let state = vec![2i32, 3];
         emu.sample_pick(
             &logits,
             1,
@@ -717,9 +720,11 @@ fn pick_routes_ids_and_flags_bad_rows() {
             v,
             &sampler,
             1,
-            2,
             Stream::First,
-            3,
+            PhiloxAt::Device {
+                state: &state,
+                offset: 0,
+            },
         )
         .unwrap();
         assert_eq!(tok, vec![-5, -5, -5, -5, 321, -5], "{sampler:?}");
@@ -781,9 +786,11 @@ fn pick_refuses_bad_arguments() {
             v,
             sampler,
             0,
-            0,
             Stream::First,
-            0,
+            PhiloxAt::Host {
+                position: 0,
+                index: 0,
+            },
         )
     };
     let e = call(&mut emu, 0, None, 0, &random).unwrap_err();

@@ -13,7 +13,9 @@
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, ensure, Result};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits,
+};
 use half::f16;
 use spedec_sampling::philox::Stream;
 use spedec_sampling::{Sampler, SamplingParams};
@@ -81,6 +83,27 @@ pub struct PickDest<'a, B: KernelBackend> {
     pub draft_input: Option<(&'a mut B::Buf<u32>, usize)>,
     /// u32 [..]: the target's verify input ids (0 written for a bad row), if any
     pub verify_input: Option<(&'a mut B::Buf<u32>, usize)>,
+}
+
+/// Where a sampler launch takes the position and index of its Philox counters from.
+#[derive(Clone, Copy)]
+pub enum PhiloxAt<'a, T: ?Sized> {
+    /// Given by the host with the launch.
+    Host {
+        /// Sequence position (of the first row, for the verify).
+        position: u32,
+        /// Philox index (the step).
+        index: u32,
+    },
+    /// Read when the kernel runs from `state`, i32 \[2\] = {base position, index}: the
+    /// position is base + `offset`. A recorded chain of launches replays with whatever the
+    /// host wrote there before the replay.
+    Device {
+        /// i32 \[2\]: {base position, index}
+        state: &'a T,
+        /// Added to the base position (two's complement: may be negative).
+        offset: i32,
+    },
 }
 
 /// Buffers, copies, and one call per kernel, with the shapes of [`GpuContext`]'s launchers.
@@ -157,6 +180,16 @@ pub trait KernelBackend: Sized {
         let host: Vec<i32> = (start..end).map(|p| p as i32).collect();
         self.write(&host, pos)
     }
+
+    /// pos i32 \[m\] = b + offset, b + offset + 1, … with b = `base`\[0\] read when the launch
+    /// runs (so a recorded chain of steps replays at the positions the host wrote there).
+    fn fill_positions_at(
+        &mut self,
+        pos: &mut Self::Buf<i32>,
+        base: &Self::Buf<i32>,
+        offset: i32,
+        m: usize,
+    ) -> Result<()>;
 
     /// See [`GpuContext::add_layernorm_f16`].
     fn add_layernorm(
@@ -354,8 +387,7 @@ pub trait KernelBackend: Sized {
         gamma: usize,
         vocab: usize,
         seed: u64,
-        position: u32,
-        index: u32,
+        counter: PhiloxAt<'_, Self::Buf<i32>>,
     ) -> Result<()>;
 
     /// One token from row `row` of `logits` (f32 [.., vocab]), on the backend: greedy → the
@@ -363,7 +395,8 @@ pub trait KernelBackend: Sized {
     /// [`KernelBackend::sample_process`] does (same bits) into row `probs.1` of `probs.0`
     /// (f32 [.., vocab]; required, an error if `None`), then drawn by inverse CDF as
     /// `sample_draw_f32` does with the uniform of counter (position, stream, index, 0) under
-    /// `seed`. Written to `dest`. One launch (see [`GpuContext::sample_pick_f32`]).
+    /// `seed` (position and index from `counter`). Written to `dest`. One launch (see
+    /// [`GpuContext::sample_pick_f32`]).
     fn sample_pick(
         &mut self,
         logits: &Self::Buf<f32>,
@@ -373,9 +406,8 @@ pub trait KernelBackend: Sized {
         vocab: usize,
         sampler: &Sampler,
         seed: u64,
-        position: u32,
         stream: Stream,
-        index: u32,
+        counter: PhiloxAt<'_, Self::Buf<i32>>,
     ) -> Result<()>;
 
     /// A point in the backend's queue of work (a CUDA event), for timing a stretch of work
@@ -624,7 +656,18 @@ impl KernelBackend for GpuBackend {
     }
 
     fn fill_positions(&mut self, pos: &mut CudaSlice<i32>, start: usize, m: usize) -> Result<()> {
-        self.gpu.positions_i32(pos, start, m)
+        let start = i32::try_from(start).map_err(|_| anyhow!("position {start} overflows i32"))?;
+        self.gpu.positions_i32(pos, None, start, m)
+    }
+
+    fn fill_positions_at(
+        &mut self,
+        pos: &mut CudaSlice<i32>,
+        base: &CudaSlice<i32>,
+        offset: i32,
+        m: usize,
+    ) -> Result<()> {
+        self.gpu.positions_i32(pos, Some(base), offset, m)
     }
 
     fn embedding(
@@ -837,12 +880,18 @@ impl KernelBackend for GpuBackend {
         gamma: usize,
         vocab: usize,
         seed: u64,
-        position: u32,
-        index: u32,
+        counter: PhiloxAt<'_, CudaSlice<i32>>,
     ) -> Result<()> {
         let draft = draft.map(|q| q as In<f32>);
         self.gpu.spec_verify_f32(
-            target, draft, drafts, out, gamma, vocab, seed, position, index,
+            target,
+            draft,
+            drafts,
+            out,
+            gamma,
+            vocab,
+            seed,
+            dyn_counter(counter),
         )
     }
 
@@ -856,9 +905,8 @@ impl KernelBackend for GpuBackend {
         vocab: usize,
         sampler: &Sampler,
         seed: u64,
-        position: u32,
         stream: Stream,
-        index: u32,
+        counter: PhiloxAt<'_, CudaSlice<i32>>,
     ) -> Result<()> {
         let start = row
             .checked_mul(vocab)
@@ -891,10 +939,20 @@ impl KernelBackend for GpuBackend {
             vocab,
             sampler,
             seed,
-            position,
             stream.id(),
-            index,
+            dyn_counter(counter),
         )
+    }
+}
+
+/// A counter over a device buffer as the launchers take it.
+fn dyn_counter<'a>(c: PhiloxAt<'a, CudaSlice<i32>>) -> PhiloxAt<'a, dyn DevicePtr<i32> + 'a> {
+    match c {
+        PhiloxAt::Host { position, index } => PhiloxAt::Host { position, index },
+        PhiloxAt::Device { state, offset } => PhiloxAt::Device {
+            state: state as In<i32>,
+            offset,
+        },
     }
 }
 

@@ -31,7 +31,9 @@ pub mod ops;
 pub mod probe;
 pub mod sampling_ops;
 
-pub use backend::{Elem, GpuBackend, KernelBackend, LinDest, PickDest, SecondLn, MAX_ROWS};
+pub use backend::{
+    Elem, GpuBackend, KernelBackend, LinDest, PhiloxAt, PickDest, SecondLn, MAX_ROWS,
+};
 pub use context::{driver_available, gpu_available, GpuContext, NO_DEVICE, NO_DRIVER};
 pub use graphs::GraphStats;
 pub use kv::{GpuKvCache, KvLayout};

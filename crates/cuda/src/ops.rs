@@ -267,13 +267,27 @@ impl GpuContext {
         Ok(())
     }
 
-    /// pos i32 \[m\] = start, start + 1, …: a step's positions by a launch, so that no host
-    /// copy makes the stream wait. grid 1 × `EMB_THREADS`.
-    pub fn positions_i32(&self, pos: Out<i32>, start: usize, m: usize) -> Result<()> {
+    /// pos i32 \[m\] = b + start, b + start + 1, …: a step's positions by a launch, so that
+    /// no host copy makes the stream wait; b = `base`\[0\] read when the launch runs (a
+    /// recorded chain replays at new positions), or 0. grid 1 × `EMB_THREADS`.
+    pub fn positions_i32(
+        &self,
+        pos: Out<i32>,
+        base: Option<In<i32>>,
+        start: i32,
+        m: usize,
+    ) -> Result<()> {
         check_rows("positions_i32", m, i32::MAX as usize)?;
         check_len_mut("positions_i32 pos", pos, m)?;
-        to_i32("start + m", start + m)?;
-        let (start_i, m_i) = (to_i32("start", start)?, to_i32("m", m)?);
+        if let Some(b) = base {
+            check_len("positions_i32 base", b, 1, false)?;
+        } else {
+            ensure!(
+                start >= 0 && start.checked_add(m as i32).is_some(),
+                "positions {start}.. + {m} do not fit i32"
+            );
+        }
+        let (start_i, m_i) = (start, to_i32("m", m)?);
         let cfg = LaunchConfig {
             grid_dim: (1, 1, 1),
             block_dim: (EMB_THREADS, 1, 1),
@@ -282,8 +296,9 @@ impl GpuContext {
         let f = self.function("positions_i32")?;
         let s = self.stream();
         let (p_pos, _g0) = pos.device_ptr_mut(s);
+        let (p_base, _g1) = opt_ptr(base, s);
         let mut b = s.launch_builder(f);
-        b.arg(&p_pos).arg(&start_i).arg(&m_i);
+        b.arg(&p_pos).arg(&p_base).arg(&start_i).arg(&m_i);
         // SAFETY: argument list matches embedding.cu; the length is checked above.
         unsafe { b.launch(cfg) }.map_err(launch_err("positions_i32"))?;
         Ok(())

@@ -11,9 +11,26 @@ use anyhow::{bail, ensure, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use spedec_sampling::Sampler;
 
+use crate::backend::PhiloxAt;
 use crate::context::GpuContext;
 use crate::kernels::consts::{PHILOX_THREADS, SAMPLE_THREADS};
 use crate::ops::{launch_err as err, opt_ptr, opt_ptr_mut, to_i32 as i32_of, In, Out};
+
+/// A counter as the kernels take it: the state buffer (or none) and the position (offset).
+pub(crate) type CounterArgs<'a> = (Option<In<'a, i32>>, u32, u32);
+
+/// The kernel arguments of `counter`: (state or null, position or offset, index or 0).
+pub(crate) fn counter_args<'a>(
+    counter: PhiloxAt<'a, dyn cudarc::driver::DevicePtr<i32> + 'a>,
+) -> Result<CounterArgs<'a>> {
+    Ok(match counter {
+        PhiloxAt::Host { position, index } => (None, position, index),
+        PhiloxAt::Device { state, offset } => {
+            need("Philox step state", state.len(), 2)?;
+            (Some(state), offset as u32, 0)
+        }
+    })
+}
 
 /// Philox stream of the first generated token (`PHILOX_STREAM_FIRST`).
 pub const STREAM_FIRST: u32 = 0;
@@ -142,7 +159,8 @@ impl GpuContext {
     /// rows (greedy: raw logits), draft f32 [gamma, vocab] processed rows (`None` when
     /// greedy), drafts i32 \[gamma\] → out i32 [gamma + 2] = accepted count a, the a accepted
     /// drafts, the next token, then −1 (out\[0\] = −1 on a bad draft id or a row without
-    /// mass). Draft i sits at sequence position `position + i`. grid 1 × `SAMPLE_THREADS`.
+    /// mass). Draft i sits at sequence position `position + i` (position and Philox index
+    /// from `counter`). grid 1 × `SAMPLE_THREADS`.
     #[allow(clippy::too_many_arguments)]
     pub fn spec_verify_f32(
         &self,
@@ -153,10 +171,10 @@ impl GpuContext {
         gamma: usize,
         vocab: usize,
         seed: u64,
-        position: u32,
-        index: u32,
+        counter: PhiloxAt<'_, dyn cudarc::driver::DevicePtr<i32> + '_>,
     ) -> Result<()> {
         ensure!(vocab > 0, "spec_verify_f32: empty vocabulary");
+        let (state, position, index) = counter_args(counter)?;
         need("spec_verify_f32 target", target.len(), (gamma + 1) * vocab)?;
         if let Some(q) = draft {
             need("spec_verify_f32 draft", q.len(), gamma * vocab)?;
@@ -172,6 +190,7 @@ impl GpuContext {
         let (p_q, _g1) = opt_ptr(draft, s);
         let (p_d, _g2) = drafts.device_ptr(s);
         let (p_o, _g3) = out.device_ptr_mut(s);
+        let (p_s, _g4) = opt_ptr(state, s);
         let mut b = s.launch_builder(f);
         b.arg(&p_t)
             .arg(&p_q)
@@ -181,6 +200,7 @@ impl GpuContext {
             .arg(&v_i)
             .arg(&greedy)
             .arg(&seed)
+            .arg(&p_s)
             .arg(&position)
             .arg(&index);
         // SAFETY: argument list matches sampling.cu; lengths checked above.
@@ -193,7 +213,8 @@ impl GpuContext {
     /// exactly as [`GpuContext::sample_process_f32`] does (the same device code, so the same
     /// bits) into `probs` f32 \[vocab\] (required), then drawn by inverse CDF as
     /// [`GpuContext::sample_draw_f32`] does with the uniform of counter
-    /// `(position, stream, index, 0)` under `seed`. Written: `token` i32 \[1\] (−1 for a row
+    /// `(position, stream, index, 0)` under `seed` (position and index from `counter`).
+    /// Written: `token` i32 \[1\] (−1 for a row
     /// with a NaN or +inf, without a finite logit, or without mass) and, where given,
     /// `draft_input` / `verify_input` u32 \[1\] (the token, 0 for a bad row).
     /// grid 1 × `SAMPLE_THREADS`.
@@ -208,11 +229,11 @@ impl GpuContext {
         vocab: usize,
         sampler: &Sampler,
         seed: u64,
-        position: u32,
         stream: u32,
-        index: u32,
+        counter: PhiloxAt<'_, dyn cudarc::driver::DevicePtr<i32> + '_>,
     ) -> Result<()> {
         ensure!(vocab > 0, "sample_pick_f32: empty vocabulary");
+        let (state, position, index) = counter_args(counter)?;
         ensure!(
             stream <= STREAM_RESIDUAL,
             "sample_pick_f32: unknown Philox stream {stream}"
@@ -248,6 +269,7 @@ impl GpuContext {
         let (p_t, _g2) = token.device_ptr_mut(s);
         let (p_d, _g3) = opt_ptr_mut(draft_input.as_mut().map(|d| &mut **d as _), s);
         let (p_v, _g4) = opt_ptr_mut(verify_input.as_mut().map(|v| &mut **v as _), s);
+        let (p_s, _g5) = opt_ptr(state, s);
         let mut b = s.launch_builder(f);
         b.arg(&p_r)
             .arg(&p_p)
@@ -260,6 +282,7 @@ impl GpuContext {
             .arg(&k_i)
             .arg(&top_p)
             .arg(&seed)
+            .arg(&p_s)
             .arg(&position)
             .arg(&stream)
             .arg(&index);

@@ -619,7 +619,25 @@ impl<B: KernelBackend> Engine<B> {
         let start = self
             .cursor
             .check_append(&[0u32; MAX_ROWS][..m], self.dims.vocab)?;
-        self.run_step(m, start)?;
+        self.run_step(m, start, None)?;
+        self.cursor.advance(m);
+        Ok(())
+    }
+
+    /// [`Engine::step_resident`] with the positions `b + offset ..` written by a launch that
+    /// reads b = `base`\[0\] when it runs (a buffer of this backend's device, i32 \[1..\]):
+    /// so the step can be part of a recorded chain that replays at new positions. The caller
+    /// keeps b + offset equal to this engine's length (the cache it extends) whenever the
+    /// launch runs; the length here moves on by `m` as for any step.
+    pub fn step_resident_at(&mut self, m: usize, base: &B::Buf<i32>, offset: i32) -> Result<()> {
+        ensure!(
+            (1..=MAX_ROWS).contains(&m),
+            "a resident step takes 1..={MAX_ROWS} rows, not {m}"
+        );
+        let start = self
+            .cursor
+            .check_append(&[0u32; MAX_ROWS][..m], self.dims.vocab)?;
+        self.run_step(m, start, Some((base, offset)))?;
         self.cursor.advance(m);
         Ok(())
     }
@@ -652,9 +670,10 @@ impl<B: KernelBackend> Engine<B> {
         (&mut self.backend, &self.logits, &mut self.scratch.ids)
     }
 
-    /// Writes the positions `start..start + m` and runs one step of `m` rows over the ids
-    /// already in the step's id buffer; the logits land in rows `0..m` of `self.logits`.
-    fn run_step(&mut self, m: usize, start: usize) -> Result<()> {
+    /// Writes the positions `start..start + m` (or, with `at`, `base[0] + offset ..` by the
+    /// device) and runs one step of `m` rows over the ids already in the step's id buffer;
+    /// the logits land in rows `0..m` of `self.logits`.
+    fn run_step(&mut self, m: usize, start: usize, at: Option<(&B::Buf<i32>, i32)>) -> Result<()> {
         let Engine {
             backend,
             dims,
@@ -665,7 +684,10 @@ impl<B: KernelBackend> Engine<B> {
             logits,
             ..
         } = self;
-        backend.fill_positions(&mut scratch.pos, start, m)?;
+        match at {
+            None => backend.fill_positions(&mut scratch.pos, start, m)?,
+            Some((base, offset)) => backend.fill_positions_at(&mut scratch.pos, base, offset, m)?,
+        }
         backend.run_step(m, &mut |b| {
             encode(b, dims, shape, params, kv, scratch, logits, m)
         })
@@ -684,7 +706,7 @@ impl<B: KernelBackend> Engine<B> {
         let m = tokens.len();
         let vocab = self.dims.vocab;
         self.backend.write(tokens, &mut self.scratch.ids)?;
-        self.run_step(m, start)?;
+        self.run_step(m, start, None)?;
         if !download {
             return Ok(Vec::new());
         }

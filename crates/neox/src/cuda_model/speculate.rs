@@ -41,7 +41,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use spedec_cuda::{KernelBackend, PickDest, MAX_ROWS};
+use spedec_cuda::{KernelBackend, PhiloxAt, PickDest, MAX_ROWS};
 use spedec_sampling::philox::Stream;
 use spedec_sampling::{Sampler, SamplingParams};
 use spedec_speculative::{
@@ -65,6 +65,11 @@ struct SpecBuffers<B: KernelBackend> {
     /// i32 `[MAX_DEVICE_GAMMA + 2]`: the decision (accepted count a, the a drafts, the next
     /// token, −1 after), or the first token in element 0
     out: B::Buf<i32>,
+    /// i32 `[2]`: the step's state, written by the host before the step's launches: the
+    /// sequence length n (every position of the step is n plus a fixed offset) and the
+    /// Philox index. The step's positions and counters are read from it on the device, so
+    /// the launches of a step are the same whatever the step.
+    state: B::Buf<i32>,
 }
 
 /// A draft and a target engine running speculative steps on their backend.
@@ -98,6 +103,7 @@ impl<'a, B: KernelBackend> DeviceSpec<'a, B> {
             p: b.upload(&vec![0f32; (g + 1) * vocab]).with_context(what)?,
             drafts: b.upload(&vec![0i32; g]).with_context(what)?,
             out: b.upload(&vec![0i32; g + 2]).with_context(what)?,
+            state: b.upload(&[0i32; 2]).with_context(what)?,
         };
         Ok(DeviceSpec {
             target,
@@ -181,9 +187,11 @@ impl<B: KernelBackend> SpecEngine for DeviceSpec<'_, B> {
             vocab,
             sampler,
             seed,
-            at,
             Stream::First,
-            0,
+            PhiloxAt::Host {
+                position: at,
+                index: 0,
+            },
         )?;
         let done = b.mark()?;
         b.read_into(&bufs.out, &mut out[..1])?;
@@ -239,18 +247,31 @@ impl<B: KernelBackend> SpecEngine for DeviceSpec<'_, B> {
         position(n + gamma)?;
 
         let t0 = target.backend_mut().mark()?;
+        // The host's writes, while the stream is idle (the last step ended with a wait).
+        let state = [at as i32, index as i32];
+        target.backend_mut().write(&state, &mut bufs.state)?;
         target.write_step_ids(&seq[n - 1..])?;
         let mut draft_calls = 0;
         // Marks around each pick, so the split counts them as sampling, not as drafting.
         pick_marks.clear();
         if gamma > 0 {
-            // The draft first catches up on the tokens it has not seen.
+            // The draft first catches up on the tokens it has not seen (one or two after the
+            // first step; the prompt's rows once, if the draft prefilled less).
             let m = draft.len();
             ensure!(
                 m < n,
                 "internal: the draft cache ({m}) is not behind the sequence ({n})"
             );
-            let mut row = draft.forward_resident(&seq[m..]).context("draft forward")?;
+            let rows = n - m;
+            let mut row = if rows <= MAX_ROWS {
+                draft.write_step_ids(&seq[m..])?;
+                draft
+                    .step_resident_at(rows, &bufs.state, -(rows as i32))
+                    .context("draft forward")?;
+                rows - 1
+            } else {
+                draft.forward_resident(&seq[m..]).context("draft forward")?
+            };
             draft_calls += 1;
             for i in 0..gamma {
                 let last = i + 1 == gamma;
@@ -271,13 +292,18 @@ impl<B: KernelBackend> SpecEngine for DeviceSpec<'_, B> {
                     vocab,
                     sampler,
                     seed,
-                    at + i as u32,
                     Stream::Draft,
-                    index,
+                    PhiloxAt::Device {
+                        state: &bufs.state,
+                        offset: i as i32,
+                    },
                 )?;
                 pick_marks.push((before, b.mark()?));
                 if !last {
-                    draft.step_resident(1).context("draft forward")?;
+                    // dᵢ₊₁ at position n + i.
+                    draft
+                        .step_resident_at(1, &bufs.state, i as i32)
+                        .context("draft forward")?;
                     draft_calls += 1;
                     row = 0;
                 }
@@ -285,7 +311,7 @@ impl<B: KernelBackend> SpecEngine for DeviceSpec<'_, B> {
         }
         let t1 = target.backend_mut().mark()?;
         target
-            .step_resident(gamma + 1)
+            .step_resident_at(gamma + 1, &bufs.state, -1)
             .context("target verify forward")?;
         let (b, logits, _) = target.resident_parts();
         let t2 = b.mark()?;
@@ -298,8 +324,10 @@ impl<B: KernelBackend> SpecEngine for DeviceSpec<'_, B> {
                 gamma,
                 vocab,
                 seed,
-                at,
-                index,
+                PhiloxAt::Device {
+                    state: &bufs.state,
+                    offset: 0,
+                },
             )?,
             Sampler::Random(params) => {
                 let raw = SamplingParams::new(1.0, 0, 1.0)?;
@@ -313,8 +341,10 @@ impl<B: KernelBackend> SpecEngine for DeviceSpec<'_, B> {
                     gamma,
                     vocab,
                     seed,
-                    at,
-                    index,
+                    PhiloxAt::Device {
+                        state: &bufs.state,
+                        offset: 0,
+                    },
                 )?;
             }
         }
