@@ -15,8 +15,12 @@
 //! | process the target rows into p (random only), then the decision: accept dᵢ iff `u < min(1, p/q)` (Philox stream *accept*), the residual `norm(max(0, p − q))` or the bonus (stream *residual*); greedy: accept while dᵢ is the argmax | `sample_process_f32`, `spec_verify_f32` | `out` i32 `[γ + 2]` |
 //! | the host reads `out` (the one wait) and moves both caches' lengths back to n + accepted | a copy of γ + 2 ints | |
 //!
-//! Positions are written by a launch (`KernelBackend::fill_positions`), never by a copy from
-//! pageable host memory, which would make the host wait inside the chain. The first token is
+//! Positions are written by a launch (`KernelBackend::fill_positions_at`), never by a copy
+//! from pageable host memory, which would make the host wait inside the chain. The host
+//! writes only the step state {n, step index} (i32 \[2\]) before the launches; every
+//! position and every Philox counter of the step is read from it on the device
+//! (`PhiloxAt::Device`), so the launches of a step do not depend on the step — the ground a
+//! recording of the whole step as graphs needs. The first token is
 //! picked on the device from the target's last prompt row (stream *first*, index 0); step s
 //! uses Philox index s, so no counter is ever used twice in a generation (positions repeat
 //! across steps after a rejection, indices do not).
