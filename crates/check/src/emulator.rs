@@ -141,6 +141,19 @@ impl HostEmulator {
         self.attention_launches
     }
 
+    /// `positions_i32` into `pos` (checked to hold m), base null or a live i32.
+    fn positions(&mut self, pos: &mut [i32], base: *const i32, start: i32, m: usize) -> Result<()> {
+        let (f, _serial) = self
+            .sym::<unsafe extern "C" fn(*mut i32, *const i32, i32, i32) -> i32>(
+                "emu_positions_i32",
+            )?;
+        // SAFETY: `pos` holds m elements and `base` is null or one element (callers check).
+        ok(
+            unsafe { f(pos.as_mut_ptr(), base, start, m as i32) },
+            "positions",
+        )
+    }
+
     /// Forks of the side branch (concurrent residual branches) so far.
     pub fn side_forks(&self) -> u64 {
         self.side_forks
@@ -226,14 +239,7 @@ impl KernelBackend for HostEmulator {
             "positions: {m} from {start} into a buffer of {}",
             pos.len()
         );
-        let (f, _serial) = self
-            .sym::<unsafe extern "C" fn(*mut i32, *const i32, i32, i32) -> i32>(
-                "emu_positions_i32",
-            )?;
-        ok(
-            unsafe { f(pos.as_mut_ptr(), std::ptr::null(), start as i32, m as i32) },
-            "positions",
-        )
+        self.positions(pos, std::ptr::null(), start as i32, m)
     }
 
     fn fill_positions_at(
@@ -248,14 +254,7 @@ impl KernelBackend for HostEmulator {
             "positions: {m} from base + {offset} into a buffer of {}",
             pos.len()
         );
-        let (f, _serial) = self
-            .sym::<unsafe extern "C" fn(*mut i32, *const i32, i32, i32) -> i32>(
-                "emu_positions_i32",
-            )?;
-        ok(
-            unsafe { f(pos.as_mut_ptr(), base.as_ptr(), offset, m as i32) },
-            "positions",
-        )
+        self.positions(pos, base.as_ptr(), offset, m)
     }
 
     fn embedding(

@@ -607,28 +607,14 @@ impl<B: KernelBackend> Engine<B> {
     }
 
     /// One step of `m` (1..=[`MAX_ROWS`]) rows whose token ids a kernel already wrote to rows
-    /// `0..m` of [`Engine::step_ids`] (a device sampler's picks): positions are written, the
-    /// step runs (replayed from its graph), and its logits `[m, vocab]` stay in rows `0..m` of
-    /// [`Engine::logits_buffer`]. Nothing is copied back and nothing waits. The ids are not
-    /// checked here: the writer keeps them in the vocabulary.
-    pub fn step_resident(&mut self, m: usize) -> Result<()> {
-        ensure!(
-            (1..=MAX_ROWS).contains(&m),
-            "a resident step takes 1..={MAX_ROWS} rows, not {m}"
-        );
-        let start = self
-            .cursor
-            .check_append(&[0u32; MAX_ROWS][..m], self.dims.vocab)?;
-        self.run_step(m, start, None)?;
-        self.cursor.advance(m);
-        Ok(())
-    }
-
-    /// [`Engine::step_resident`] with the positions `b + offset ..` written by a launch that
-    /// reads b = `base`\[0\] when it runs (a buffer of this backend's device, i32 \[1..\]):
-    /// so the step can be part of a recorded chain that replays at new positions. The caller
-    /// keeps b + offset equal to this engine's length (the cache it extends) whenever the
-    /// launch runs; the length here moves on by `m` as for any step.
+    /// `0..m` of [`Engine::step_ids`] (a device sampler's picks): the positions `b + offset ..`
+    /// are written by a launch that reads b = `base`\[0\] when it runs (a buffer of this
+    /// backend's device, i32 \[1..\]), so the step can be part of a recorded chain that
+    /// replays at new positions; the step runs (replayed from its graph), and its logits
+    /// `[m, vocab]` stay in rows `0..m` of [`Engine::logits_buffer`]. Nothing is copied back
+    /// and nothing waits. The caller keeps b + offset equal to this engine's length (the
+    /// cache it extends) whenever the launch runs, and keeps the ids in the vocabulary; the
+    /// length here moves on by `m` as for any step.
     pub fn step_resident_at(&mut self, m: usize, base: &B::Buf<i32>, offset: i32) -> Result<()> {
         ensure!(
             (1..=MAX_ROWS).contains(&m),
@@ -643,7 +629,7 @@ impl<B: KernelBackend> Engine<B> {
     }
 
     /// Writes `ids` (at most [`MAX_ROWS`]) into the start of the step's id buffer, for a
-    /// later [`Engine::step_resident`] (kernels may write the rows after them).
+    /// later [`Engine::step_resident_at`] (kernels may write the rows after them).
     pub fn write_step_ids(&mut self, ids: &[u32]) -> Result<()> {
         ensure!(
             ids.len() <= MAX_ROWS,
@@ -653,7 +639,7 @@ impl<B: KernelBackend> Engine<B> {
         self.backend.write(ids, &mut self.scratch.ids)
     }
 
-    /// The step's token-id buffer: u32 `[MAX_ROWS]` (the inputs of [`Engine::step_resident`]).
+    /// The step's token-id buffer: u32 `[MAX_ROWS]` (the inputs of [`Engine::step_resident_at`]).
     pub fn step_ids(&mut self) -> &mut B::Buf<u32> {
         &mut self.scratch.ids
     }
