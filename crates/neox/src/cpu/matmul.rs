@@ -12,6 +12,10 @@
 //! 12` accumulators: one row with four panels for decode (enough independent chains to hide the
 //! FMA latency while four weight streams are in flight), up to six rows with one panel for
 //! prefill (each weight load feeds twelve FMAs).
+//!
+//! The AVX-512 set (`x86_512`) holds a panel in one register. It streams the same tiles for
+//! `M ≤ 6`; for prefills it widens a block of four panels' weights to f32 once (`[4][KC_WIDE][16]`,
+//! in L1) and passes every row tile over it as six rows × four panels (24 accumulators).
 
 use rayon::prelude::*;
 
@@ -37,6 +41,13 @@ fn tile_panels(rows: usize) -> usize {
 /// activations `[M][KC]` stay in L2. Partial sums go through `y` between blocks, which keeps
 /// each element's chain — storing and reloading an f32 is exact.
 const KC: usize = 512;
+
+/// Panels per block in the AVX-512 prefill, whose row tiles are six rows × this many panels.
+const WIDE_PANELS: usize = 4;
+
+/// Inputs per block in the AVX-512 prefill: the widened block `[4][KC_WIDE][16]` f32 is 32 KiB,
+/// inside a 48 KiB L1.
+const KC_WIDE: usize = 128;
 
 /// What happens to `Σ_k x·w + bias` before it is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,8 +93,18 @@ pub fn linear_then(
         return;
     }
     let xp = pack_rows(x, m, k);
-    let group = tile_panels(m.min(MAX_ROWS));
-    let kc = if m > MAX_ROWS { KC } else { k.max(1) };
+    // AVX-512 prefills widen blocks of weights (see the module docs).
+    let wide = isa.is_avx512() && m > MAX_ROWS;
+    let group = if wide {
+        WIDE_PANELS
+    } else {
+        tile_panels(m.min(MAX_ROWS))
+    };
+    let kc = match (wide, m > MAX_ROWS) {
+        (true, _) => KC_WIDE,
+        (false, true) => KC,
+        (false, false) => k.max(1),
+    };
     let panels = w.panels();
     let threads = rayon::current_num_threads().max(1);
     // Tasks per thread, each a whole number of panel groups. Streaming calls (M ≤ 6) take a
@@ -106,6 +127,7 @@ pub fn linear_then(
         epilogue,
         group,
         kc,
+        wide,
     };
     (0..tasks).into_par_iter().for_each(|t| {
         let range = t * per_task..((t + 1) * per_task).min(panels);
@@ -167,6 +189,8 @@ struct Job<'a> {
     group: usize,
     /// Inputs per block.
     kc: usize,
+    /// The AVX-512 prefill: each block of `group` panels widened to f32 once.
+    wide: bool,
 }
 
 impl Job<'_> {
@@ -185,12 +209,43 @@ impl Job<'_> {
         let bytes = self.w.bytes();
         let width = range.len() * PANEL;
         let mut acc = vec![0.0f32; m * width];
+        // The AVX-512 prefill's widened block, `[group][kc][16]` f32.
+        let mut widened = if self.wide {
+            vec![0.0f32; self.group * self.kc * PANEL]
+        } else {
+            Vec::new()
+        };
         let mut k0 = 0;
         loop {
             let kc = self.kc.min(k - k0);
             let mut p0 = range.start;
             while p0 < range.end {
                 let g = self.group.min(range.end - p0);
+                #[cfg(target_arch = "x86_64")]
+                if self.wide {
+                    let slice = kc * PANEL * size;
+                    let panels = widened.chunks_exact_mut(kc * PANEL).take(g);
+                    for (j, dst) in panels.enumerate() {
+                        let start = (p0 + j) * panel_bytes + k0 * PANEL * size;
+                        x86_512::widen(self.w.dtype(), &bytes[start..start + slice], dst);
+                    }
+                    let mut i0 = 0;
+                    while i0 < m {
+                        let rows = (m - i0).min(MAX_ROWS);
+                        let xs = &self.xp[i0 * k + k0 * rows..i0 * k + (k0 + kc) * rows];
+                        let tile = Tile {
+                            ptr: acc
+                                .as_mut_ptr()
+                                .add(i0 * width + (p0 - range.start) * PANEL),
+                            ld: width,
+                            first: k0 == 0,
+                        };
+                        x86_512::wide_tile(xs, kc, rows, &widened, g, tile);
+                        i0 += rows;
+                    }
+                    p0 += g;
+                    continue;
+                }
                 let mut i0 = 0;
                 while i0 < m {
                     let rows = (m - i0).min(MAX_ROWS);
@@ -276,6 +331,19 @@ struct Block<'a> {
 
 /// Runs `block` with the kernel set `isa`; `prefetch` asks the weight stream to be fetched ahead.
 fn micro_tile(isa: Isa, dtype: Dtype, block: Block, prefetch: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if isa.is_avx512() {
+        // SAFETY: an AVX-512 `Isa` is only built after detecting avx512f, avx2, fma and f16c
+        // (see `Isa::avx512`); the tile pointer addresses accumulators owned by this task.
+        unsafe {
+            match dtype {
+                Dtype::F32 => x86_512::dispatch::<x86_512::F32>(block, prefetch),
+                Dtype::F16 => x86_512::dispatch::<x86_512::F16>(block, prefetch),
+                Dtype::Bf16 => x86_512::dispatch::<x86_512::Bf16>(block, prefetch),
+            }
+        }
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if isa.is_avx2() {
         // SAFETY: an AVX2 `Isa` is only built after detecting avx2, fma and f16c (it is
@@ -508,6 +576,209 @@ mod x86 {
             for (j, a) in acc_i.iter().enumerate() {
                 _mm256_storeu_ps(at(i, j), a[0]);
                 _mm256_storeu_ps(at(i, j).add(8), a[1]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86_512 {
+    use super::{Block, Tile, MAX_ROWS, PANEL};
+    use crate::weights::Dtype;
+    use std::arch::x86_64::*;
+
+    /// Loads one panel row (sixteen weights) and widens it to f32.
+    pub trait Load {
+        const SIZE: usize;
+        /// # Safety
+        /// `p` must point to 16 readable elements; the CPU must have avx512f.
+        unsafe fn load16(p: *const u8) -> __m512;
+    }
+
+    pub struct F32;
+    pub struct F16;
+    pub struct Bf16;
+
+    impl Load for F32 {
+        const SIZE: usize = 4;
+        #[inline(always)]
+        unsafe fn load16(p: *const u8) -> __m512 {
+            _mm512_loadu_ps(p.cast())
+        }
+    }
+    impl Load for F16 {
+        const SIZE: usize = 2;
+        #[inline(always)]
+        unsafe fn load16(p: *const u8) -> __m512 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        }
+    }
+    impl Load for Bf16 {
+        const SIZE: usize = 2;
+        #[inline(always)]
+        unsafe fn load16(p: *const u8) -> __m512 {
+            let wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(wide))
+        }
+    }
+
+    /// `dst = bytes` widened to f32 (exact for every dtype, so the same values as
+    /// [`crate::weights::widen_into`]); `bytes` holds `dst.len()` elements, a multiple of 16.
+    pub fn widen(dtype: Dtype, bytes: &[u8], dst: &mut [f32]) {
+        assert!(dst.len().is_multiple_of(PANEL) && bytes.len() == dst.len() * dtype.size());
+        // SAFETY: only called for an AVX-512 `Isa`, built after detecting avx512f; the
+        // lengths are checked above.
+        unsafe {
+            match dtype {
+                Dtype::F32 => widen_as::<F32>(bytes, dst),
+                Dtype::F16 => widen_as::<F16>(bytes, dst),
+                Dtype::Bf16 => widen_as::<Bf16>(bytes, dst),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn widen_as<L: Load>(bytes: &[u8], dst: &mut [f32]) {
+        for (i, out) in dst.chunks_exact_mut(PANEL).enumerate() {
+            _mm512_storeu_ps(
+                out.as_mut_ptr(),
+                L::load16(bytes.as_ptr().add(i * PANEL * L::SIZE)),
+            );
+        }
+    }
+
+    /// One row tile of the prefill over a widened block: `tile[i, j] (+)= Σ_k xs[k][i]·
+    /// widened[j][k][..16]` for `rows` rows and `np ≤ 4` panels.
+    ///
+    /// # Safety
+    /// Only for an AVX-512 `Isa`; `xs` holds `kc·rows` values, `widened` `np` panels of
+    /// `kc·16`, and `tile` addresses `rows × np` writable accumulator rows.
+    pub unsafe fn wide_tile(
+        xs: &[f32],
+        kc: usize,
+        rows: usize,
+        widened: &[f32],
+        np: usize,
+        tile: Tile,
+    ) {
+        assert!(rows <= MAX_ROWS && np <= super::WIDE_PANELS && xs.len() >= rows * kc);
+        assert!(widened.len() >= np * kc * PANEL);
+        let block = Block {
+            xs,
+            kc,
+            rows,
+            w: std::slice::from_raw_parts(widened.as_ptr().cast(), widened.len() * 4),
+            panel_bytes: kc * PANEL * 4,
+            np,
+            tile,
+        };
+        run::<F32>(block, false);
+    }
+
+    /// The streaming tiles (`M ≤ 6`), the same shapes as the AVX2 set.
+    ///
+    /// # Safety
+    /// The CPU must support avx512f (an AVX-512 `Isa`); `xs` holds `kc·rows` values and `w`
+    /// `np` panel slices of `kc·16` elements `panel_bytes` apart; `tile` addresses `rows × np`
+    /// writable accumulator rows, `rows ≤ 6`, `np ≤ 4`.
+    pub unsafe fn dispatch<L: Load>(block: Block, prefetch: bool) {
+        run::<L>(block, prefetch)
+    }
+
+    unsafe fn run<L: Load>(block: Block, prefetch: bool) {
+        let (xs, kc, rows, w) = (block.xs, block.kc, block.rows, block.w);
+        let (panel_bytes, np, tile) = (block.panel_bytes, block.np, block.tile);
+        assert!(xs.len() >= rows * kc && w.len() >= (np - 1) * panel_bytes + kc * PANEL * L::SIZE);
+        let (x, w) = (xs.as_ptr(), w.as_ptr());
+        // One-row (decode) tiles never prefetch, as in the AVX2 set.
+        let prefetch = prefetch && rows > 1;
+        macro_rules! by_np {
+            ($r:literal) => {
+                match (np, prefetch) {
+                    (1, false) => kernel::<L, $r, 1, false>(x, kc, w, panel_bytes, tile),
+                    (2, false) => kernel::<L, $r, 2, false>(x, kc, w, panel_bytes, tile),
+                    (3, false) => kernel::<L, $r, 3, false>(x, kc, w, panel_bytes, tile),
+                    (4, false) => kernel::<L, $r, 4, false>(x, kc, w, panel_bytes, tile),
+                    (1, true) => kernel::<L, $r, 1, true>(x, kc, w, panel_bytes, tile),
+                    (2, true) => kernel::<L, $r, 2, true>(x, kc, w, panel_bytes, tile),
+                    (3, true) => kernel::<L, $r, 3, true>(x, kc, w, panel_bytes, tile),
+                    (4, true) => kernel::<L, $r, 4, true>(x, kc, w, panel_bytes, tile),
+                    _ => unreachable!("micro-tile {rows}×{np}"),
+                }
+            };
+        }
+        match rows {
+            1 => by_np!(1),
+            2 => by_np!(2),
+            3 => by_np!(3),
+            4 => by_np!(4),
+            5 => by_np!(5),
+            6 => by_np!(6),
+            _ => unreachable!("micro-tile {rows}×{np}"),
+        }
+    }
+
+    /// Prefetch distance of verify-sized tiles (see the AVX2 set's `PREFETCH`).
+    const PREFETCH: usize = 4096;
+
+    /// `R` rows × `P` panels: `R·P` accumulators, one FMA chain per output in `k` order.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn kernel<L: Load, const R: usize, const P: usize, const PF: bool>(
+        x: *const f32,
+        kc: usize,
+        w: *const u8,
+        panel_bytes: usize,
+        tile: Tile,
+    ) {
+        let at = |i: usize, j: usize| tile.ptr.add(i * tile.ld + j * PANEL);
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        if !tile.first {
+            for (i, acc_i) in acc.iter_mut().enumerate() {
+                for (j, a) in acc_i.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(at(i, j));
+                }
+            }
+        }
+        // One step: input k of every row against the sixteen outputs of every panel.
+        macro_rules! step {
+            ($acc:expr, $xk:expr, $wk:expr) => {
+                let mut wv = [_mm512_setzero_ps(); P];
+                for (j, v) in wv.iter_mut().enumerate() {
+                    *v = L::load16($wk.add(j * panel_bytes));
+                }
+                for (i, acc_i) in $acc.iter_mut().enumerate() {
+                    let b = _mm512_set1_ps(*$xk.add(i));
+                    for (a, v) in acc_i.iter_mut().zip(&wv) {
+                        *a = _mm512_fmadd_ps(b, *v, *a);
+                    }
+                }
+            };
+        }
+        let (mut xk, mut wk) = (x, w);
+        let mut left = kc;
+        if PF {
+            // Two steps (64 bytes of each 16-bit panel) per iteration, two lines asked for.
+            while left >= 2 {
+                for j in 0..P {
+                    let ahead = wk.add(j * panel_bytes + PREFETCH);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.add(64).cast());
+                }
+                step!(acc, xk, wk);
+                step!(acc, xk.add(R), wk.add(PANEL * L::SIZE));
+                xk = xk.add(2 * R);
+                wk = wk.add(2 * PANEL * L::SIZE);
+                left -= 2;
+            }
+        }
+        for _ in 0..left {
+            step!(acc, xk, wk);
+            xk = xk.add(R);
+            wk = wk.add(PANEL * L::SIZE);
+        }
+        for (i, acc_i) in acc.iter().enumerate() {
+            for (j, a) in acc_i.iter().enumerate() {
+                _mm512_storeu_ps(at(i, j), *a);
             }
         }
     }

@@ -7,9 +7,12 @@ pub mod packed;
 /// Which instruction set the CPU kernels use.
 ///
 /// Opaque: a value can only come from run-time detection ([`Isa::detect`], [`Isa::avx2`],
-/// [`Isa::available`]) or be the always-safe [`Isa::portable`], so holding an AVX2 `Isa` proves
-/// that this CPU has AVX2, FMA and F16C. The kernels' `unsafe` calls into
-/// `#[target_feature]` code rely on exactly that.
+/// [`Isa::avx512`], [`Isa::available`]) or be the always-safe [`Isa::portable`], so holding an
+/// AVX2 `Isa` proves that this CPU has AVX2, FMA and F16C, and an AVX-512 one that it also has
+/// AVX-512F. The kernels' `unsafe` calls into `#[target_feature]` code rely on exactly that.
+///
+/// All sets give the same bits: every output is the same FMA chain in the same order, only
+/// the vector width that computes neighbouring outputs together differs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Isa(Kind);
 
@@ -20,15 +23,24 @@ enum Kind {
     /// x86-64 with AVX2, FMA and F16C (only built after detecting all three).
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// x86-64 with AVX-512F besides AVX2, FMA and F16C: the matmul on 16-wide registers (the
+    /// per-row ops stay on their AVX2 build).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Isa {
-    /// The best kernels this CPU supports; `SPEDEC_CPU_KERNELS=portable` forces the fallback.
+    /// The best kernels this CPU supports. `SPEDEC_CPU_KERNELS=portable` forces the fallback
+    /// and `=avx2` caps the choice at AVX2 (for comparisons on an AVX-512 host); other values
+    /// are ignored.
     pub fn detect() -> Isa {
-        if std::env::var("SPEDEC_CPU_KERNELS").is_ok_and(|v| v == "portable") {
-            return Isa::portable();
+        match std::env::var("SPEDEC_CPU_KERNELS").as_deref() {
+            Ok("portable") => Isa::portable(),
+            Ok("avx2") => Isa::avx2().unwrap_or_else(Isa::portable),
+            _ => Isa::avx512()
+                .or_else(Isa::avx2)
+                .unwrap_or_else(Isa::portable),
         }
-        Isa::avx2().unwrap_or_else(Isa::portable)
     }
 
     /// The plain-Rust kernels, which run on any CPU.
@@ -49,30 +61,52 @@ impl Isa {
         None
     }
 
+    /// The AVX-512 kernels, when this CPU has AVX-512F as well as AVX2, FMA and F16C (`None`
+    /// otherwise, and on other architectures). Ignores `SPEDEC_CPU_KERNELS`.
+    pub fn avx512() -> Option<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        if Isa::avx2().is_some() && is_x86_feature_detected!("avx512f") {
+            return Some(Isa(Kind::Avx512));
+        }
+        None
+    }
+
     /// Every kernel set this CPU can run, portable first (for tests and benchmarks).
     pub fn available() -> Vec<Isa> {
         std::iter::once(Isa::portable())
             .chain(Isa::avx2())
+            .chain(Isa::avx512())
             .collect()
     }
 
-    /// `"portable"` or `"avx2"`.
+    /// `"portable"`, `"avx2"` or `"avx512"`.
     pub fn name(self) -> &'static str {
         match self.0 {
             Kind::Portable => "portable",
             #[cfg(target_arch = "x86_64")]
             Kind::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Kind::Avx512 => "avx512",
         }
     }
 
-    /// Whether these are the AVX2 kernels — and so, since only detection builds that value,
-    /// whether AVX2, FMA and F16C are present.
+    /// Whether AVX2, FMA and F16C are present (the AVX2 and AVX-512 sets; only detection
+    /// builds those values), so the AVX2 builds of the kernels may run.
     pub fn is_avx2(self) -> bool {
         self.0 != Kind::Portable
     }
+
+    /// Whether these are the AVX-512 kernels — and so whether AVX-512F is present too.
+    pub fn is_avx512(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self.0 == Kind::Avx512 {
+            return true;
+        }
+        false
+    }
 }
 
-/// `Portable` or `Avx2` (as when `Isa` was an enum: reports print it).
+/// `Portable`, `Avx2` or `Avx512` (as when `Isa` was an enum: reports print it).
 impl std::fmt::Debug for Isa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(&self.0, f)
@@ -103,9 +137,22 @@ mod tests {
             Some(avx2) => {
                 assert!(avx2.is_avx2());
                 assert_eq!((avx2.name(), format!("{avx2:?}")), ("avx2", "Avx2".into()));
-                assert_eq!(available, [portable, avx2]);
+                assert_eq!(&available[..2], [portable, avx2]);
                 #[cfg(target_arch = "x86_64")]
                 assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
+                match Isa::avx512() {
+                    Some(avx512) => {
+                        assert!(avx512.is_avx2() && avx512.is_avx512() && !avx2.is_avx512());
+                        assert_eq!(avx512.name(), "avx512");
+                        assert_eq!(available, [portable, avx2, avx512]);
+                        #[cfg(target_arch = "x86_64")]
+                        assert!(is_x86_feature_detected!("avx512f"));
+                    }
+                    None => {
+                        println!("no AVX-512F here: the AVX-512 kernels are not tested");
+                        assert_eq!(available.len(), 2);
+                    }
+                }
             }
             None => {
                 println!("no AVX2 + FMA + F16C here: only the portable kernels");
