@@ -204,7 +204,7 @@ pub fn attention(
                 return;
             }
             let _ = isa;
-            attend(&query, scores, o);
+            attend::<false>(&query, scores, o);
         });
 }
 
@@ -224,16 +224,17 @@ struct Query<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn attend_avx2(query: &Query, scores: &mut Vec<f32>, out: &mut [f32]) {
-    attend(query, scores, out);
+    attend::<true>(query, scores, out);
 }
 
-/// Softmax-weighted sum of values; `scores` is scratch.
+/// Softmax-weighted sum of values; `scores` is scratch. `AVX2`: the scores' dot products run
+/// as [`dot4_avx2`] (only inside [`attend_avx2`]), which computes [`dot4`]'s bits.
 ///
 /// Keys and values go four positions at a time (independent dot products in flight, `out`
 /// loaded and stored once per four values); every score and every output element still sees
 /// exactly the operations of one position at a time, in the same order.
 #[inline(always)]
-fn attend(query: &Query, scores: &mut Vec<f32>, out: &mut [f32]) {
+fn attend<const AVX2: bool>(query: &Query, scores: &mut Vec<f32>, out: &mut [f32]) {
     let hd = query.q.len();
     let key = |t: usize| &query.keys[t * hd..(t + 1) * hd];
     let value = |t: usize| &query.values[t * hd..(t + 1) * hd];
@@ -244,16 +245,23 @@ fn attend(query: &Query, scores: &mut Vec<f32>, out: &mut [f32]) {
     let quads = query.len / 4 * 4;
     let mut t = 0;
     while t < quads {
-        let d = dot4(query.q, [key(t), key(t + 1), key(t + 2), key(t + 3)]);
+        let d = dots::<AVX2>(query.q, [key(t), key(t + 1), key(t + 2), key(t + 3)]);
         for (s, d) in scores[t..t + 4].iter_mut().zip(d) {
             *s = d * query.scale;
         }
         t += 4;
     }
     for (t, s) in scores.iter_mut().enumerate().skip(quads) {
-        *s = dot(query.q, key(t)) * query.scale;
+        *s = dots::<AVX2>(query.q, [key(t); 4])[0] * query.scale;
     }
-    let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    // The maximum is exact in any order: eight running maxima, then one.
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    for chunk in scores.chunks(8) {
+        for (m, &s) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(s);
+        }
+    }
+    let max = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     for s in scores.iter_mut() {
         *s = exp_neg(*s - max);
     }
@@ -262,7 +270,12 @@ fn attend(query: &Query, scores: &mut Vec<f32>, out: &mut [f32]) {
     out.fill(0.0);
     let mut t = 0;
     while t < quads {
-        let w = [0, 1, 2, 3].map(|j| scores[t + j] * inv);
+        let w = [
+            scores[t] * inv,
+            scores[t + 1] * inv,
+            scores[t + 2] * inv,
+            scores[t + 3] * inv,
+        ];
         for ((((o, v0), v1), v2), v3) in out
             .iter_mut()
             .zip(value(t))
@@ -282,17 +295,22 @@ fn attend(query: &Query, scores: &mut Vec<f32>, out: &mut [f32]) {
     }
 }
 
-/// Fixed-order dot product: eight partial sums, combined pairwise, then the tail.
-///
-/// One lane of [`dot4`] (the other three repeat it and are dropped). Used only for the last
-/// one to three keys of a query; a padded last group of four measured slower (prefill-128
-/// attention of one 2.8b layer 4.1–4.8 ms as it is, 5.1–5.8 ms padded; identical results).
+/// [`dot4`], or with `AVX2` [`dot4_avx2`] (same bits). The last one to three keys of a query
+/// repeat one key four times and keep lane 0; a padded last group of four measured slower
+/// (prefill-128 attention of one 2.8b layer 4.1–4.8 ms as it is, 5.1–5.8 ms padded).
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    dot4(a, [b; 4])[0]
+fn dots<const AVX2: bool>(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if AVX2 {
+        // SAFETY: `AVX2` is set only by `attend_avx2`, which runs after avx2 was detected.
+        return unsafe { dot4_avx2(a, b) };
+    }
+    dot4(a, b)
 }
 
-/// [`dot`] of `a` with four vectors at once, each with exactly `dot`'s operations.
+/// Fixed-order dot products of `a` with four vectors of its length: per vector, eight partial
+/// sums (`acc[l] += a[i]·b[i]` for `i ≡ l mod 8`, a product rounded then added), combined as
+/// `((acc0 + acc4) + (acc2 + acc6)) + ((acc1 + acc5) + (acc3 + acc7))`, then the tail in order.
 #[inline(always)]
 fn dot4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
     let full = a.len() / 8 * 8;
@@ -325,6 +343,47 @@ fn dot4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
             s += a[t] * b[j][t];
         }
         sums[j] = s;
+    }
+    sums
+}
+
+/// [`dot4`] in AVX2 registers: one `ymm` of eight partial sums per vector, multiplied and
+/// added as separate roundings (no FMA), then reduced in `dot4`'s order — the same bits. Written
+/// with intrinsics because the compiler vectorised `dot4`'s loops across the four vectors (one
+/// lane per key, shuffles per step), which made the scores most of a prefill's attention time.
+///
+/// # Safety
+/// AVX2 must be present; it is inlined into [`attend_avx2`], whose target features its
+/// intrinsics then compile with.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn dot4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = a.len();
+    assert!(b.iter().all(|v| v.len() == n), "dot4_avx2: lengths differ");
+    let full = n / 8 * 8;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i < full {
+        // SAFETY: `i + 8 ≤ full ≤ n`, and every slice holds `n` values.
+        let x = _mm256_loadu_ps(a.as_ptr().add(i));
+        for (acc, v) in acc.iter_mut().zip(b) {
+            let y = _mm256_loadu_ps(v.as_ptr().add(i));
+            *acc = _mm256_add_ps(*acc, _mm256_mul_ps(x, y));
+        }
+        i += 8;
+    }
+    let mut sums = [0.0f32; 4];
+    for ((sum, acc), v) in sums.iter_mut().zip(acc).zip(b) {
+        // lanes l: acc[l] + acc[l + 4]
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+        // lanes 0, 1: s4[0] + s4[2], s4[1] + s4[3]
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let mut s = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)));
+        for t in full..n {
+            s += a[t] * v[t];
+        }
+        *sum = s;
     }
     sums
 }
