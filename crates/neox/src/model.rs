@@ -162,6 +162,11 @@ impl CpuModel {
     pub fn isa(&self) -> Isa {
         self.isa
     }
+    /// Switches the kernel set; every set gives the same bits, so the cache stays valid (for
+    /// comparisons of sets in one process, on the same packed weights).
+    pub fn set_isa(&mut self, isa: Isa) {
+        self.isa = isa;
+    }
     /// Positions the cache can hold.
     pub fn capacity(&self) -> usize {
         self.cache.cursor.capacity()

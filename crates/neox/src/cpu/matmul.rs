@@ -270,7 +270,8 @@ impl Job<'_> {
                             np,
                             tile,
                         };
-                        let prefetch = kc == k; // a whole panel streamed from memory
+                        // A whole panel streamed from memory (see `Isa::one_row_prefetch`).
+                        let prefetch = kc == k && (rows > 1 || self.isa.one_row_prefetch());
                         micro_tile(self.isa, self.w.dtype(), block, prefetch);
                         p += np;
                     }
@@ -480,10 +481,14 @@ mod x86 {
         assert!(xs.len() >= rows * kc && w.len() >= (np - 1) * panel_bytes + kc * PANEL * L::SIZE);
         let (x, w) = (xs.as_ptr(), w.as_ptr());
         match (rows, np, prefetch) {
-            (1, 1, _) => kernel::<L, 1, 1, false>(x, kc, w, panel_bytes, tile),
-            (1, 2, _) => kernel::<L, 1, 2, false>(x, kc, w, panel_bytes, tile),
-            (1, 3, _) => kernel::<L, 1, 3, false>(x, kc, w, panel_bytes, tile),
-            (1, 4, _) => kernel::<L, 1, 4, false>(x, kc, w, panel_bytes, tile),
+            (1, 1, false) => kernel::<L, 1, 1, false>(x, kc, w, panel_bytes, tile),
+            (1, 1, true) => kernel::<L, 1, 1, true>(x, kc, w, panel_bytes, tile),
+            (1, 2, false) => kernel::<L, 1, 2, false>(x, kc, w, panel_bytes, tile),
+            (1, 2, true) => kernel::<L, 1, 2, true>(x, kc, w, panel_bytes, tile),
+            (1, 3, false) => kernel::<L, 1, 3, false>(x, kc, w, panel_bytes, tile),
+            (1, 3, true) => kernel::<L, 1, 3, true>(x, kc, w, panel_bytes, tile),
+            (1, 4, false) => kernel::<L, 1, 4, false>(x, kc, w, panel_bytes, tile),
+            (1, 4, true) => kernel::<L, 1, 4, true>(x, kc, w, panel_bytes, tile),
             (2, 1, false) => kernel::<L, 2, 1, false>(x, kc, w, panel_bytes, tile),
             (2, 1, true) => kernel::<L, 2, 1, true>(x, kc, w, panel_bytes, tile),
             (2, 2, false) => kernel::<L, 2, 2, false>(x, kc, w, panel_bytes, tile),
@@ -510,8 +515,9 @@ mod x86 {
     /// process): no prefetch 1.6×; one prefetch per 32-byte step at 2 KiB, 1.17–1.34×; the
     /// loop unrolled to 64 bytes with two lines asked for at 2 or 4 KiB, 1.09–1.26× (one line
     /// per iteration, 1.21–1.33×). In the whole 2.8b verify step: 1.27× → 1.14× a decode step.
-    /// One-row (decode) tiles stream fast enough on their own and lose a little from the extra
-    /// instructions; K-blocked prefill tiles read their slice from L1.
+    /// One-row (decode) tiles stream fast enough on their own on AMD Zen 3 and lose a little
+    /// from the extra instructions (see `Isa::one_row_prefetch`); K-blocked prefill tiles
+    /// read their slice from L1.
     const PREFETCH: usize = 4096;
 
     /// `R` rows × `P` panels: `2·R·P` accumulators, one FMA chain per output in `k` order.
@@ -690,9 +696,11 @@ mod x86_512 {
         let (panel_bytes, np, tile) = (block.panel_bytes, block.np, block.tile);
         assert!(xs.len() >= rows * kc && w.len() >= (np - 1) * panel_bytes + kc * PANEL * L::SIZE);
         let (x, w) = (xs.as_ptr(), w.as_ptr());
-        // Unlike the AVX2 set (tuned on AMD Zen 3), one-row (decode) tiles prefetch too:
-        // measured on the Sapphire Rapids guest, 2.8b shapes, two alternating rounds, M = 1
-        // matmuls 21–29 → 25–27 GB/s and the decode step 216 / 232 → 197 / 223 ms.
+        // Whether one-row (decode) tiles prefetch is the `Isa`'s choice: measured with the
+        // 2.8b shapes, two alternating rounds in one process — on the Sapphire Rapids guest
+        // M = 1 matmuls 21–29 → 25–27 GB/s and the decode step 216 / 232 → 197 / 223 ms
+        // with it; on the AMD EPYC Zen 4 guest (three rounds, 16 steps each, `isa_ab`
+        // example) 278 / 233 / 249 ms with it and 188 / 192 / 195 ms without.
         macro_rules! by_np {
             ($r:literal) => {
                 match (np, prefetch) {
@@ -850,7 +858,10 @@ mod tests {
                     })
                     .collect();
                 let mut first: Option<Vec<f32>> = None;
-                for isa in Isa::available() {
+                let variants = Isa::available()
+                    .into_iter()
+                    .flat_map(|isa| [false, true].map(|on| isa.with_one_row_prefetch(on)));
+                for isa in variants {
                     let mut alone = vec![0.0f32; 14 * n];
                     for i in 0..14 {
                         let row = &mut alone[i * n..(i + 1) * n];
@@ -876,7 +887,9 @@ mod tests {
                         None => first = Some(alone),
                         Some(f) => assert!(
                             crate::cpu::same_bits(f, &alone),
-                            "{dtype:?} [{n}, {k}]: kernel sets disagree ({isa:?})"
+                            "{dtype:?} [{n}, {k}]: kernel sets disagree ({isa:?}, one-row \
+                             prefetch {})",
+                            isa.one_row_prefetch()
                         ),
                     }
                 }
