@@ -215,23 +215,45 @@ impl Job<'_> {
         } else {
             Vec::new()
         };
-        let mut k0 = 0;
-        loop {
-            let kc = self.kc.min(k - k0);
+        // The AVX-512 prefill: each group of four panels runs through all of K before the
+        // next, so its weights are read as four sequential streams that the hardware
+        // prefetcher follows (input blocks outer made every block a fresh 4 KiB stream, and
+        // widening waited on memory: 9.6 % of a 2.8b prefill on AMD Zen 4). Each output's
+        // chain still runs in k order.
+        #[cfg(target_arch = "x86_64")]
+        if self.wide {
             let mut p0 = range.start;
             while p0 < range.end {
                 let g = self.group.min(range.end - p0);
-                #[cfg(target_arch = "x86_64")]
-                if self.wide {
+                let mut k0 = 0;
+                while k0 < k {
+                    let kc = self.kc.min(k - k0);
                     let slice = kc * PANEL * size;
                     let panels = widened.chunks_exact_mut(kc * PANEL).take(g);
                     for (j, dst) in panels.enumerate() {
                         let start = (p0 + j) * panel_bytes + k0 * PANEL * size;
                         x86_512::widen(self.w.dtype(), &bytes[start..start + slice], dst);
                     }
+                    // The next block's weights: the same panels' next inputs, else the next
+                    // group's first ones; each row tile asks for a share of their lines.
+                    let (next_p, next_k) = if k0 + kc < k {
+                        (p0, k0 + kc)
+                    } else {
+                        (p0 + g, 0)
+                    };
+                    let next_g = self.group.min(range.end.saturating_sub(next_p));
+                    let next_bytes = self.kc.min(k - next_k) * PANEL * size;
+                    let tiles = m.div_ceil(MAX_ROWS);
+                    let share = next_bytes.div_ceil(64).div_ceil(tiles) * 64;
                     let mut i0 = 0;
                     while i0 < m {
                         let rows = (m - i0).min(MAX_ROWS);
+                        let from = i0 / MAX_ROWS * share;
+                        for j in 0..next_g {
+                            let start = (next_p + j) * panel_bytes + next_k * PANEL * size;
+                            let lines = &bytes[start..start + next_bytes];
+                            x86_512::prefetch(lines.get(from..).unwrap_or(&[]), share);
+                        }
                         let xs = &self.xp[i0 * k + k0 * rows..i0 * k + (k0 + kc) * rows];
                         let tile = Tile {
                             ptr: acc
@@ -243,45 +265,55 @@ impl Job<'_> {
                         x86_512::wide_tile(xs, kc, rows, &widened, g, tile);
                         i0 += rows;
                     }
-                    p0 += g;
-                    continue;
-                }
-                let mut i0 = 0;
-                while i0 < m {
-                    let rows = (m - i0).min(MAX_ROWS);
-                    // Row tile i0/6 starts at xp[i0·K] and is [K][rows].
-                    let xs = &self.xp[i0 * k + k0 * rows..i0 * k + (k0 + kc) * rows];
-                    let mut p = p0;
-                    while p < p0 + g {
-                        let np = tile_panels(rows).min(p0 + g - p);
-                        let start = p * panel_bytes + k0 * PANEL * size;
-                        let end = start + (np - 1) * panel_bytes + kc * PANEL * size;
-                        let tile = Tile {
-                            ptr: acc.as_mut_ptr().add(i0 * width + (p - range.start) * PANEL),
-                            ld: width,
-                            first: k0 == 0,
-                        };
-                        let block = Block {
-                            xs,
-                            kc,
-                            rows,
-                            w: &bytes[start..end],
-                            panel_bytes,
-                            np,
-                            tile,
-                        };
-                        // A whole panel streamed from memory (see `Isa::one_row_prefetch`).
-                        let prefetch = kc == k && (rows > 1 || self.isa.one_row_prefetch());
-                        micro_tile(self.isa, self.w.dtype(), block, prefetch);
-                        p += np;
-                    }
-                    i0 += rows;
+                    k0 += kc;
                 }
                 p0 += g;
             }
-            k0 += kc;
-            if k0 >= k {
-                break;
+        }
+        if !self.wide {
+            let mut k0 = 0;
+            loop {
+                let kc = self.kc.min(k - k0);
+                let mut p0 = range.start;
+                while p0 < range.end {
+                    let g = self.group.min(range.end - p0);
+                    let mut i0 = 0;
+                    while i0 < m {
+                        let rows = (m - i0).min(MAX_ROWS);
+                        // Row tile i0/6 starts at xp[i0·K] and is [K][rows].
+                        let xs = &self.xp[i0 * k + k0 * rows..i0 * k + (k0 + kc) * rows];
+                        let mut p = p0;
+                        while p < p0 + g {
+                            let np = tile_panels(rows).min(p0 + g - p);
+                            let start = p * panel_bytes + k0 * PANEL * size;
+                            let end = start + (np - 1) * panel_bytes + kc * PANEL * size;
+                            let tile = Tile {
+                                ptr: acc.as_mut_ptr().add(i0 * width + (p - range.start) * PANEL),
+                                ld: width,
+                                first: k0 == 0,
+                            };
+                            let block = Block {
+                                xs,
+                                kc,
+                                rows,
+                                w: &bytes[start..end],
+                                panel_bytes,
+                                np,
+                                tile,
+                            };
+                            // A whole panel streamed from memory (see `Isa::one_row_prefetch`).
+                            let prefetch = kc == k && (rows > 1 || self.isa.one_row_prefetch());
+                            micro_tile(self.isa, self.w.dtype(), block, prefetch);
+                            p += np;
+                        }
+                        i0 += rows;
+                    }
+                    p0 += g;
+                }
+                k0 += kc;
+                if k0 >= k {
+                    break;
+                }
             }
         }
         // Every element is `chain + bias[n]`, then the epilogue (over the whole buffer: one
@@ -650,6 +682,14 @@ mod x86_512 {
                 out.as_mut_ptr(),
                 L::load16(bytes.as_ptr().add(i * PANEL * L::SIZE)),
             );
+        }
+    }
+
+    /// Asks for the cache lines of the first `len` bytes of `bytes` (fewer if it is shorter).
+    pub fn prefetch(bytes: &[u8], len: usize) {
+        for line in bytes[..len.min(bytes.len())].chunks(64) {
+            // SAFETY: a prefetch never faults, and the address is inside `bytes`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
         }
     }
 
