@@ -32,15 +32,21 @@ pub fn layer_norm(x: &[f32], norm: &Norm, eps: f32, out: &mut [f32]) {
 ///
 /// `erfc` comes from the Chebyshev fit of Press et al., *Numerical Recipes* (2nd ed., §6.2,
 /// `erfcc`: fractional error below 1.2e-7 everywhere), evaluated with a branch-free `exp`, so a
-/// loop of it vectorises. The same source runs as plain code and as an AVX2 build, with only
-/// IEEE-rounded adds, multiplies and divides (Rust never fuses them), so both kernel sets give
-/// the same bits. Measured against f64 `erf`: see the test `gelu_matches_f64_erf`.
+/// loop of it vectorises. The same source runs as plain code and as AVX2 and AVX-512 builds,
+/// with only IEEE-rounded adds, multiplies and divides (Rust never fuses them), so every kernel
+/// set gives the same bits. Measured against f64 `erf`: see the test `gelu_matches_f64_erf`.
 pub fn gelu(isa: crate::cpu::Isa, x: &mut [f32]) {
     x.par_chunks_mut(4096).for_each(|c| gelu_serial(isa, c));
 }
 
 /// [`gelu`] on the calling thread (for a matmul epilogue, already inside a task).
 pub fn gelu_serial(isa: crate::cpu::Isa, x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa.is_avx512() {
+        // SAFETY: an AVX-512 `Isa` is only built after detecting avx512f (see `Isa::avx512`).
+        unsafe { gelu_avx512(x) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if isa.is_avx2() {
         // SAFETY: an AVX2 `Isa` is only built after detecting avx2 (it is opaque: see
@@ -55,6 +61,13 @@ pub fn gelu_serial(isa: crate::cpu::Isa, x: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn gelu_avx2(x: &mut [f32]) {
+    gelu_slice(x);
+}
+
+/// The same source on sixteen lanes (the same IEEE operations per element, so the same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn gelu_avx512(x: &mut [f32]) {
     gelu_slice(x);
 }
 
@@ -116,8 +129,18 @@ fn exp_neg(a: f32) -> f32 {
     ] {
         e = e * r + c;
     }
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    e * scale
+    e * two_to(n)
+}
+
+/// `2ⁿ` for an integral `n` in `[-126, 0]`, built from its exponent bits without a float →
+/// int cast (Rust's saturating `as i32` stays scalar in a vectorised loop, eight conversions
+/// and selects per eight lanes): `n + 127 + 2²³` is exact and its low mantissa bits are the
+/// biased exponent `n + 127`.
+#[inline(always)]
+fn two_to(n: f32) -> f32 {
+    const MAGIC: f32 = 8_388_608.0; // 2²³
+    let biased = (n + 127.0 + MAGIC).to_bits() - MAGIC.to_bits();
+    f32::from_bits(biased << 23)
 }
 
 /// cos / sin tables for rotary embeddings, `[max_pos, rotary_dims / 2]` each.
@@ -197,6 +220,13 @@ pub fn attention(
                 scale,
             };
             #[cfg(target_arch = "x86_64")]
+            if isa.is_avx512() {
+                // SAFETY: an AVX-512 `Isa` is only built after detecting avx512f and avx2
+                // (see `Isa::avx512`).
+                unsafe { attend_avx512(&query, scores, o) };
+                return;
+            }
+            #[cfg(target_arch = "x86_64")]
             if isa.is_avx2() {
                 // SAFETY: an AVX2 `Isa` is only built after detecting avx2 (it is opaque: see
                 // `Isa::avx2`), so the target feature is present.
@@ -224,6 +254,15 @@ struct Query<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn attend_avx2(query: &Query, scores: &mut Vec<f32>, out: &mut [f32]) {
+    attend::<true>(query, scores, out);
+}
+
+/// [`attend_avx2`] built for AVX-512: the scores keep [`dot4_avx2`]'s eight-lane sums, the
+/// element-wise loops (softmax, the weighted sum of values) run sixteen lanes wide with the
+/// same operations per element, so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn attend_avx512(query: &Query, scores: &mut Vec<f32>, out: &mut [f32]) {
     attend::<true>(query, scores, out);
 }
 
@@ -442,6 +481,16 @@ mod tests {
                     "{isa:?}: gelu bits differ between kernel sets"
                 ),
             }
+        }
+    }
+
+    #[test]
+    fn two_to_n_from_bits_equals_the_exponent_cast() {
+        // Every n `exp_neg` can reach (a clamped to [-87, 0]: n = round(a·log2 e) ≥ -126).
+        for n in -126..=0 {
+            let want = f32::from_bits(((n + 127) as u32) << 23);
+            assert_eq!(two_to(n as f32).to_bits(), want.to_bits(), "2^{n}");
+            assert_eq!(want, 2f32.powi(n), "2^{n}");
         }
     }
 
