@@ -204,7 +204,7 @@ impl CpuModel {
         let mut mlp_out = vec![0.0f32; m * d]; // [m, d]
 
         for (l, lw) in w.layers.iter().enumerate() {
-            layer_norm(&x, &lw.input_layernorm, eps, &mut h);
+            layer_norm(isa, &x, &lw.input_layernorm, eps, &mut h);
             linear(
                 isa,
                 &h,
@@ -252,7 +252,7 @@ impl CpuModel {
             );
 
             if c.use_parallel_residual {
-                layer_norm(&x, &lw.post_attention_layernorm, eps, &mut h);
+                layer_norm(isa, &x, &lw.post_attention_layernorm, eps, &mut h);
                 self.mlp(l, &h, m, &mut mlp_mid, &mut mlp_out);
                 for ((xv, a), f) in x.iter_mut().zip(&attn_out).zip(&mlp_out) {
                     *xv += *a + *f;
@@ -261,7 +261,7 @@ impl CpuModel {
                 for (xv, a) in x.iter_mut().zip(&attn_out) {
                     *xv += *a;
                 }
-                layer_norm(&x, &lw.post_attention_layernorm, eps, &mut h);
+                layer_norm(isa, &x, &lw.post_attention_layernorm, eps, &mut h);
                 self.mlp(l, &h, m, &mut mlp_mid, &mut mlp_out);
                 for (xv, f) in x.iter_mut().zip(&mlp_out) {
                     *xv += *f;
@@ -277,7 +277,7 @@ impl CpuModel {
             (&x[..], m)
         };
         let h = &mut h[..rows * d];
-        layer_norm(x, &w.final_layer_norm, eps, h);
+        layer_norm(isa, x, &w.final_layer_norm, eps, h);
         let vocab = c.vocab_size;
         let mut logits = vec![0.0f32; rows * vocab];
         linear(isa, h, rows, &w.embed_out, None, &mut logits);

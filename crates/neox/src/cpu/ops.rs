@@ -9,15 +9,25 @@ use crate::weights::Norm;
 
 /// LayerNorm of each `hidden`-wide row of `x` into `out` (both `[rows, hidden]`).
 /// Rows are shared out to the thread pool in prefills (a decode step's one row stays put).
-pub fn layer_norm(x: &[f32], norm: &Norm, eps: f32, out: &mut [f32]) {
+///
+/// The mean and the variance are sums in a fixed order, sixteen running lane sums
+/// ([`lane_sum`]), so the row vectorises (a sequential sum was a chain of `hidden` dependent
+/// adds: 4.3 % of a 70m prefill); one source runs as plain code and as AVX2 and AVX-512 builds
+/// with the same IEEE operations, so every kernel set gives the same bits.
+pub fn layer_norm(isa: crate::cpu::Isa, x: &[f32], norm: &Norm, eps: f32, out: &mut [f32]) {
     let d = norm.weight.len();
     let row = |(xr, or): (&[f32], &mut [f32])| {
-        let mean = xr.iter().sum::<f32>() / d as f32;
-        let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-        let inv = 1.0 / (var + eps).sqrt();
-        for i in 0..d {
-            or[i] = (xr[i] - mean) * inv * norm.weight[i] + norm.bias[i];
+        #[cfg(target_arch = "x86_64")]
+        if isa.is_avx512() {
+            // SAFETY: an AVX-512 `Isa` is only built after detecting avx512f and avx2.
+            return unsafe { norm_row_avx512(xr, norm, eps, or) };
         }
+        #[cfg(target_arch = "x86_64")]
+        if isa.is_avx2() {
+            // SAFETY: an AVX2 `Isa` is only built after detecting avx2.
+            return unsafe { norm_row_avx2(xr, norm, eps, or) };
+        }
+        norm_row(xr, norm, eps, or)
     };
     if x.len() >= 8 * d {
         x.par_chunks_exact(d)
@@ -26,6 +36,57 @@ pub fn layer_norm(x: &[f32], norm: &Norm, eps: f32, out: &mut [f32]) {
     } else {
         x.chunks_exact(d).zip(out.chunks_exact_mut(d)).for_each(row);
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn norm_row_avx2(x: &[f32], norm: &Norm, eps: f32, out: &mut [f32]) {
+    norm_row(x, norm, eps, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn norm_row_avx512(x: &[f32], norm: &Norm, eps: f32, out: &mut [f32]) {
+    norm_row(x, norm, eps, out);
+}
+
+/// One row: `out = (x − mean)·(var + eps)^−½·weight + bias`.
+#[inline(always)]
+fn norm_row(x: &[f32], norm: &Norm, eps: f32, out: &mut [f32]) {
+    let d = x.len() as f32;
+    let mean = lane_sum(x, |v| v) / d;
+    let var = lane_sum(x, |v| (v - mean) * (v - mean)) / d;
+    let inv = 1.0 / (var + eps).sqrt();
+    for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(&norm.weight).zip(&norm.bias) {
+        *o = (v - mean) * inv * w + b;
+    }
+}
+
+/// `Σ f(xᵢ)` in a fixed order: lane `l` of sixteen sums `f(xᵢ)` for `i ≡ l (mod 16)` over the
+/// whole sixteens, the lanes are folded pairwise (`l + 8` into `l`, then `+ 4`, `+ 2`, `+ 1`),
+/// then the tail is added in order.
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    const LANES: usize = 16;
+    let full = x.len() / LANES * LANES;
+    let mut acc = [0.0f32; LANES];
+    for chunk in x[..full].chunks_exact(LANES) {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += f(v);
+        }
+    }
+    let mut width = LANES / 2;
+    while width > 0 {
+        for l in 0..width {
+            acc[l] += acc[l + width];
+        }
+        width /= 2;
+    }
+    let mut sum = acc[0];
+    for &v in &x[full..] {
+        sum += f(v);
+    }
+    sum
 }
 
 /// Exact (erf) GELU in place: `x · Φ(x)`, `Φ(x) = ½(1 + erf(x/√2)) = ½·erfc(−x/√2)`.
@@ -304,7 +365,8 @@ fn attend<const AVX2: bool>(query: &Query, scores: &mut Vec<f32>, out: &mut [f32
     for s in scores.iter_mut() {
         *s = exp_neg(*s - max);
     }
-    let sum: f32 = scores.iter().sum();
+    // In lanes (a sequential sum is a chain of `len` dependent adds).
+    let sum = lane_sum(scores, |v| v);
     let inv = 1.0 / sum;
     out.fill(0.0);
     let mut t = 0;
@@ -438,11 +500,62 @@ mod tests {
             bias: vec![0.0, 0.0, 0.0, 1.0],
         };
         let mut out = [0.0; 4];
-        layer_norm(&[1.0, 2.0, 3.0, 4.0], &norm, 0.0, &mut out);
+        layer_norm(
+            crate::cpu::Isa::detect(),
+            &[1.0, 2.0, 3.0, 4.0],
+            &norm,
+            0.0,
+            &mut out,
+        );
         let s = 1.0 / 1.25f32.sqrt();
         let want = [-1.5 * s, -0.5 * s * 2.0, 0.5 * s, 1.5 * s + 1.0];
         for (a, b) in out.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{out:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_f64_and_gives_the_same_bits_on_every_kernel_set() {
+        // 3 rows of 2560 (the 2.8b width) and 9 rows of 37 (tails, and the parallel path).
+        for (rows, d) in [(3usize, 2560usize), (9, 37)] {
+            let x: Vec<f32> = (0..rows * d)
+                .map(|i| ((i * 7919) % 1009) as f32 / 100.0 - 3.0)
+                .collect();
+            let norm = Norm {
+                weight: (0..d).map(|i| 0.5 + (i % 7) as f32 / 7.0).collect(),
+                bias: (0..d).map(|i| (i % 5) as f32 / 10.0 - 0.2).collect(),
+            };
+            let eps = 1e-5;
+            let mut first: Option<Vec<f32>> = None;
+            for isa in crate::cpu::Isa::available() {
+                let mut out = vec![0.0f32; rows * d];
+                layer_norm(isa, &x, &norm, eps, &mut out);
+                let mut worst = 0.0f64;
+                for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact(d)) {
+                    let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+                    let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+                    for i in 0..d {
+                        let want = (xr[i] as f64 - mean) / (var + eps as f64).sqrt()
+                            * norm.weight[i] as f64
+                            + norm.bias[i] as f64;
+                        let err = (or[i] as f64 - want).abs();
+                        assert!(
+                            err <= 1e-5 + 1e-5 * want.abs(),
+                            "{isa:?}: {} vs {want}",
+                            or[i]
+                        );
+                        worst = worst.max(err);
+                    }
+                }
+                println!("{isa:?} {rows}×{d}: largest |layer_norm − f64| = {worst:.3e}");
+                match &first {
+                    None => first = Some(out),
+                    Some(f) => assert!(
+                        crate::cpu::same_bits(f, &out),
+                        "{isa:?}: layer_norm bits differ between kernel sets"
+                    ),
+                }
+            }
         }
     }
 
