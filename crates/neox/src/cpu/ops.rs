@@ -27,6 +27,7 @@ pub fn layer_norm(isa: crate::cpu::Isa, x: &[f32], norm: &Norm, eps: f32, out: &
             // SAFETY: an AVX2 `Isa` is only built after detecting avx2.
             return unsafe { norm_row_avx2(xr, norm, eps, or) };
         }
+        let _ = isa;
         norm_row(xr, norm, eps, or)
     };
     if x.len() >= 8 * d {
