@@ -56,8 +56,9 @@ impl Isa {
     /// `kind` with its default one-row prefetch: on for AVX-512 on Intel, off otherwise.
     /// Measured with the 2.8b shapes, in one process, alternating: on a Sapphire Rapids guest
     /// the AVX-512 decode step went 216 / 232 → 197 / 223 ms with it; on an AMD EPYC Zen 4
-    /// guest 188–195 → 233–278 ms (and the AVX2 set's 170–192 → 212–238 ms); the AVX2 set
-    /// was tuned without it on Zen 3.
+    /// guest 188–195 → 233–278 ms (and the AVX2 set's 170–192 → 212–238 ms); on an AMD EPYC
+    /// Zen 5 guest no tile variant tried (prefetch 4 KiB or 1 KiB ahead, 8 or 2 panels) beat
+    /// the tile without it; the AVX2 set was tuned without it on Zen 3.
     fn new(kind: Kind) -> Isa {
         #[cfg(target_arch = "x86_64")]
         let one_row_prefetch = kind == Kind::Avx512 && cpu_vendor() == *b"GenuineIntel";
