@@ -694,6 +694,33 @@ mod x86_512 {
         }
     }
 
+    /// [`pack_six`]'s lane tables, `[output vector j][row pair p][lane e]`. Lane e of output
+    /// vector j is flat element f = 16j + e: input c = f / 6 of row i = f % 6. Pair p (rows 2p,
+    /// 2p + 1) supplies the lanes whose row is in it: permute index c, or 16 + c for the pair's
+    /// second row; `SIX_FROM[j][p]` marks those lanes.
+    const SIX_INDEX: [[[i32; PANEL]; 3]; MAX_ROWS] = six_tables().0;
+    const SIX_FROM: [[u16; 3]; MAX_ROWS] = six_tables().1;
+
+    #[allow(clippy::type_complexity)] // the two tables above
+    const fn six_tables() -> ([[[i32; PANEL]; 3]; MAX_ROWS], [[u16; 3]; MAX_ROWS]) {
+        const ROWS: usize = MAX_ROWS;
+        let mut index = [[[0i32; PANEL]; 3]; ROWS];
+        let mut from = [[0u16; 3]; ROWS];
+        let mut j = 0;
+        while j < ROWS {
+            let mut e = 0;
+            while e < PANEL {
+                let f = PANEL * j + e;
+                let (c, i) = (f / ROWS, f % ROWS);
+                index[j][i / 2][e] = (c + PANEL * (i % 2)) as i32;
+                from[j][i / 2] |= 1 << e;
+                e += 1;
+            }
+            j += 1;
+        }
+        (index, from)
+    }
+
     /// `dst[kk·6 + i] = src[i·k + kk]` for the six rows of `src` (`[6][k]`) and the first
     /// `k / 16 · 16` inputs; returns how many inputs it packed. Each sixteen inputs are six
     /// row loads, and each of the six output vectors gathers its lanes from row pairs
@@ -703,23 +730,9 @@ mod x86_512 {
     /// Only for an AVX-512 `Isa`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn pack_six(src: &[f32], k: usize, dst: &mut [f32]) -> usize {
-        const ROWS: usize = super::MAX_ROWS;
+        const ROWS: usize = MAX_ROWS;
         assert!(src.len() == ROWS * k && dst.len() == ROWS * k);
-        // Output vector j, lane e is flat element f = 16j + e: input c = f / 6 of row f % 6.
-        // Pair p (rows 2p, 2p + 1) supplies the lanes whose row is in it: index c, or 16 + c
-        // for the pair's second row; `from[p]` marks those lanes.
-        let mut index = [[[0i32; PANEL]; 3]; ROWS];
-        let mut from = [[0u16; 3]; ROWS];
-        for (j, (index, from)) in index.iter_mut().zip(&mut from).enumerate() {
-            #[allow(clippy::needless_range_loop)] // lane e goes to the vector its row picks
-            for e in 0..PANEL {
-                let f = PANEL * j + e;
-                let (c, i) = (f / ROWS, f % ROWS);
-                index[i / 2][e] = (c + PANEL * (i % 2)) as i32;
-                from[i / 2] |= 1 << e;
-            }
-        }
-        let index = index.map(|v| v.map(|lanes| _mm512_loadu_si512(lanes.as_ptr().cast())));
+        let index = SIX_INDEX.map(|v| v.map(|lanes| _mm512_loadu_si512(lanes.as_ptr().cast())));
         let full = k / PANEL * PANEL;
         let p = src.as_ptr();
         let mut kk = 0;
@@ -727,8 +740,8 @@ mod x86_512 {
             let r: [__m512; ROWS] = std::array::from_fn(|i| _mm512_loadu_ps(p.add(i * k + kk)));
             for j in 0..ROWS {
                 let pair = |q: usize| _mm512_permutex2var_ps(r[2 * q], index[j][q], r[2 * q + 1]);
-                let v = _mm512_mask_blend_ps(from[j][1], pair(0), pair(1));
-                let v = _mm512_mask_blend_ps(from[j][2], v, pair(2));
+                let v = _mm512_mask_blend_ps(SIX_FROM[j][1], pair(0), pair(1));
+                let v = _mm512_mask_blend_ps(SIX_FROM[j][2], v, pair(2));
                 _mm512_storeu_ps(dst.as_mut_ptr().add(kk * ROWS + PANEL * j), v);
             }
             kk += PANEL;
