@@ -11,7 +11,7 @@
 //!   [`generate_speculative`]; the CUDA model's device step in `spedec-neox`), driven by
 //!   [`generate_speculative_on`].
 //! - [`GenConfig`] in, [`Generation`] (tokens, [`StopReason`], [`Stats`]) out.
-//! - [`token_nll`] / [`NllTotals`]: target, draft and "speculative" perplexity of scored text.
+//! - [`token_nll`] / [`target_nll`] / [`NllTotals`]: target, draft and "speculative" perplexity of scored text.
 
 mod autoregressive;
 mod config;
@@ -30,7 +30,7 @@ pub use gamma::{
     best_gamma, expected_tokens, AutoGamma, GammaChoice, GammaPolicy, StepObservation,
     MAX_AUTO_GAMMA,
 };
-pub use ppl::{token_nll, NllTotals, Perplexities, TokenNll};
+pub use ppl::{target_nll, token_nll, NllTotals, Perplexities, TokenNll};
 pub use run::check_prompt_fits;
 pub use speculative::{
     generate_speculative, generate_speculative_on, generate_speculative_with_gamma,

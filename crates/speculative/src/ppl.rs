@@ -51,6 +51,18 @@ pub fn token_nll(
     })
 }
 
+/// `−ln p(token)` of one target logits row processed with `sampler`: [`token_nll`]'s
+/// `target` (the same bits) without a draft, computing the distribution once.
+pub fn target_nll(logits: &[f32], token: u32, sampler: &Sampler) -> Result<f64> {
+    let x = token as usize;
+    ensure!(
+        x < logits.len(),
+        "token {token} is outside the vocabulary of {}",
+        logits.len()
+    );
+    Ok(-sampler.distribution(logits)?[x].ln())
+}
+
 /// Running sums of [`TokenNll`] over the scored tokens of a text.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct NllTotals {
@@ -119,6 +131,15 @@ mod tests {
         assert!((nll.draft - 4f64.ln()).abs() < 1e-6);
         assert!((nll.spec - nll.target).abs() < 1e-12);
         assert!(token_nll(&t, &d, 3, &s).is_err());
+        assert_eq!(
+            target_nll(&t, 0, &s).unwrap().to_bits(),
+            nll.target.to_bits()
+        );
+        assert_eq!(
+            target_nll(&d, 1, &s).unwrap(),
+            token_nll(&t, &d, 1, &s).unwrap().draft
+        );
+        assert!(target_nll(&t, 3, &s).is_err());
         assert!(token_nll(&t, &d[..2], 0, &s).is_err());
     }
 
