@@ -88,9 +88,17 @@ pub fn emission_probability(p: &[f64], q: &[f64], token: usize) -> Result<f64, S
             vocab: p.len(),
         });
     }
-    let accept_mass = overlap(p, q)?;
-    let res = residual(p, q)?;
-    Ok(p[token].min(q[token]) + (1.0 - accept_mass) * res[token])
+    // `overlap` and `residual(p, q)[token]` with their sums in their order, without building
+    // the residual (a vocabulary-sized allocation per scored token).
+    check_pair(p, q)?;
+    let accept_mass: f64 = p.iter().zip(q).map(|(a, b)| a.min(*b)).sum();
+    let mass: f64 = p.iter().zip(q).map(|(a, b)| (a - b).max(0.0)).sum();
+    let res = if mass > 0.0 {
+        (p[token] - q[token]).max(0.0) / mass
+    } else {
+        p[token] / p.iter().sum::<f64>()
+    };
+    Ok(p[token].min(q[token]) + (1.0 - accept_mass) * res)
 }
 
 #[cfg(test)]
@@ -125,6 +133,23 @@ mod tests {
         assert!((r.iter().sum::<f64>() - 1.0).abs() < 1e-15);
         assert_eq!(&r[..2], &[0.0, 0.0]);
         assert!((r[2] - 0.25).abs() < 1e-15 && (r[3] - 0.75).abs() < 1e-15);
+    }
+
+    #[test]
+    fn emission_probability_is_its_parts() {
+        let p = [0.1, 0.2, 0.3, 0.4];
+        let q = [0.4, 0.3, 0.2, 0.1];
+        for (p, q) in [(&p, &q), (&q, &p), (&p, &p)] {
+            let (a, r) = (overlap(p, q).unwrap(), residual(p, q).unwrap());
+            for x in 0..4 {
+                let want = p[x].min(q[x]) + (1.0 - a) * r[x];
+                assert_eq!(
+                    emission_probability(p, q, x).unwrap().to_bits(),
+                    want.to_bits()
+                );
+            }
+        }
+        assert!(emission_probability(&p, &[0.5, 0.5, f64::NAN, 0.0], 0).is_err());
     }
 
     #[test]
