@@ -325,6 +325,10 @@ pub fn attention(
 /// Queries per attention task (consecutive positions, one head).
 const QUERY_TILE: usize = 16;
 
+/// Positions a tile's queries take in turn (a multiple of four): 32 keys or values of a
+/// head are 8–16 KiB, which stay in L1 while every query of the tile reads them.
+const KEY_BLOCK: usize = 32;
+
 /// Consecutive queries `first..first + rows` of one head against its cached keys and values.
 struct Tile<'a> {
     /// `[m, heads, head_dim]`: every query of the call
@@ -374,9 +378,10 @@ unsafe fn attend_avx512(tile: &Tile, scores: &mut Vec<f32>, out: &mut [f32]) {
 /// `scores` is scratch. `AVX2`: the scores' dot products run as [`dot4_avx2`] (only inside
 /// [`attend_avx2`]), which computes [`dot4`]'s bits.
 ///
-/// Keys and values go four positions at a time (independent dot products in flight, an
-/// output row loaded and stored once per four values), each group visited once for all the
-/// tile's queries; a query's last one to three positions go one at a time. Every score and
+/// Keys and values go in blocks of [`KEY_BLOCK`] positions, each block once for all the
+/// tile's queries, and within a block four positions at a time (independent dot products in
+/// flight, an output row loaded and stored once per four values); a query's last one to
+/// three positions go one at a time. Every score and
 /// every output element sees exactly the operations of one query and one position at a
 /// time, in position order, so a query gives the same bits in any tile, alone or not.
 #[inline(always)]
@@ -390,36 +395,59 @@ fn attend<const AVX2: bool>(tile: &Tile, scores: &mut Vec<f32>, out: &mut [f32])
     // `dot` / `dot4` are called from loop bodies, not from closures handed to iterator
     // adaptors, so they stay inlined here (an adaptor would run them in a generic helper
     // built without this function's target features).
-    let mut t = 0;
-    while t < widest {
-        for j in 0..tile.rows {
-            let (qj, len) = tile.query(j);
-            let s = &mut scores[j * widest..][..len];
-            if t + 4 <= len / 4 * 4 {
-                let d = dots::<AVX2>(qj, [key(t), key(t + 1), key(t + 2), key(t + 3)]);
-                for (s, d) in s[t..t + 4].iter_mut().zip(d) {
-                    *s = d * tile.scale;
+    for block in (0..widest).step_by(KEY_BLOCK) {
+        // Two queries at a time while both have whole groups of four left (twice the
+        // independent sums in flight, one load of each key row), then each on its own.
+        for j in (0..tile.rows).step_by(2) {
+            let (q0, len0) = tile.query(j);
+            let mut t = block;
+            if j + 1 < tile.rows {
+                let (q1, len1) = tile.query(j + 1);
+                let (s0, s1) = scores[j * widest..(j + 2) * widest].split_at_mut(widest);
+                let common = (len0 / 4 * 4).min(len1 / 4 * 4).min(block + KEY_BLOCK);
+                while t + 4 <= common {
+                    let [d0, d1] =
+                        dots_pair::<AVX2>(q0, q1, [key(t), key(t + 1), key(t + 2), key(t + 3)]);
+                    for ((s0, s1), (d0, d1)) in s0[t..t + 4]
+                        .iter_mut()
+                        .zip(&mut s1[t..t + 4])
+                        .zip(d0.into_iter().zip(d1))
+                    {
+                        *s0 = d0 * tile.scale;
+                        *s1 = d1 * tile.scale;
+                    }
+                    t += 4;
                 }
-            } else {
-                for (u, s) in s.iter_mut().enumerate().take(len).skip(t) {
-                    *s = dots::<AVX2>(qj, [key(u); 4])[0] * tile.scale;
-                }
+                let end = len1.min(block + KEY_BLOCK);
+                scores_from::<AVX2>(q1, tile.keys, tile.scale, &mut s1[..len1], t, end);
             }
+            let s0 = &mut scores[j * widest..][..len0];
+            scores_from::<AVX2>(
+                q0,
+                tile.keys,
+                tile.scale,
+                s0,
+                t,
+                len0.min(block + KEY_BLOCK),
+            );
         }
-        t += 4;
     }
     let mut inv = [0.0f32; QUERY_TILE];
     for (j, inv) in inv.iter_mut().enumerate().take(tile.rows) {
         let len = tile.query(j).1;
         let s = &mut scores[j * widest..][..len];
-        // The maximum is exact in any order: eight running maxima, then one.
-        let mut lanes = [f32::NEG_INFINITY; 8];
-        for chunk in s.chunks(8) {
+        // The maximum is exact in any order: sixteen running maxima, then one. `s > m`
+        // rather than `f32::max` (one `maxps`, not a NaN-aware select; a NaN score is
+        // skipped either way).
+        let mut lanes = [f32::NEG_INFINITY; 16];
+        for chunk in s.chunks(16) {
             for (m, &s) in lanes.iter_mut().zip(chunk) {
-                *m = m.max(s);
+                *m = if s > *m { s } else { *m };
             }
         }
-        let max = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let max = lanes
+            .iter()
+            .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
         for s in s.iter_mut() {
             *s = exp_neg(*s - max);
         }
@@ -427,34 +455,122 @@ fn attend<const AVX2: bool>(tile: &Tile, scores: &mut Vec<f32>, out: &mut [f32])
         *inv = 1.0 / lane_sum(s, |v| v);
     }
     out.fill(0.0);
-    let mut t = 0;
-    while t < widest {
-        for (j, &inv) in inv.iter().enumerate().take(tile.rows) {
-            let len = tile.query(j).1;
-            let p = &scores[j * widest..][..len];
-            let o = &mut out[j * hd..(j + 1) * hd];
-            if t + 4 <= len / 4 * 4 {
-                let w = [p[t] * inv, p[t + 1] * inv, p[t + 2] * inv, p[t + 3] * inv];
-                for ((((o, v0), v1), v2), v3) in o
-                    .iter_mut()
-                    .zip(value(t))
-                    .zip(value(t + 1))
-                    .zip(value(t + 2))
-                    .zip(value(t + 3))
-                {
-                    *o = (((*o + w[0] * v0) + w[1] * v1) + w[2] * v2) + w[3] * v3;
-                }
-            } else {
-                for (u, &p) in p.iter().enumerate().skip(t) {
-                    let w = p * inv;
-                    for (a, &v) in o.iter_mut().zip(value(u)) {
-                        *a += w * v;
+    for block in (0..widest).step_by(KEY_BLOCK) {
+        // As for the scores: pairs of queries while both have whole groups left.
+        for j in (0..tile.rows).step_by(2) {
+            let len0 = tile.query(j).1;
+            let mut t = block;
+            if j + 1 < tile.rows {
+                let len1 = tile.query(j + 1).1;
+                let (p0, p1) = (
+                    &scores[j * widest..][..len0],
+                    &scores[(j + 1) * widest..][..len1],
+                );
+                let (inv0, inv1) = (inv[j], inv[j + 1]);
+                let (o0, o1) = out[j * hd..(j + 2) * hd].split_at_mut(hd);
+                let common = (len0 / 4 * 4).min(len1 / 4 * 4).min(block + KEY_BLOCK);
+                while t + 4 <= common {
+                    let w0 = [
+                        p0[t] * inv0,
+                        p0[t + 1] * inv0,
+                        p0[t + 2] * inv0,
+                        p0[t + 3] * inv0,
+                    ];
+                    let w1 = [
+                        p1[t] * inv1,
+                        p1[t + 1] * inv1,
+                        p1[t + 2] * inv1,
+                        p1[t + 3] * inv1,
+                    ];
+                    for (((((o0, o1), v0), v1), v2), v3) in o0
+                        .iter_mut()
+                        .zip(o1.iter_mut())
+                        .zip(value(t))
+                        .zip(value(t + 1))
+                        .zip(value(t + 2))
+                        .zip(value(t + 3))
+                    {
+                        *o0 = (((*o0 + w0[0] * v0) + w0[1] * v1) + w0[2] * v2) + w0[3] * v3;
+                        *o1 = (((*o1 + w1[0] * v0) + w1[1] * v1) + w1[2] * v2) + w1[3] * v3;
                     }
+                    t += 4;
                 }
+                values_from(p1, inv1, tile.values, o1, t, len1.min(block + KEY_BLOCK));
             }
+            let p0 = &scores[j * widest..][..len0];
+            let o0 = &mut out[j * hd..(j + 1) * hd];
+            values_from(p0, inv[j], tile.values, o0, t, len0.min(block + KEY_BLOCK));
+        }
+    }
+}
+
+/// Scores `s[from..end]` of one query (`s` holds its `len` scores; `from` a multiple of four):
+/// whole groups of four positions, then its last one to three one at a time.
+#[inline(always)]
+fn scores_from<const AVX2: bool>(
+    q: &[f32],
+    keys: &[f32],
+    scale: f32,
+    s: &mut [f32],
+    from: usize,
+    end: usize,
+) {
+    let hd = q.len();
+    let key = |t: usize| &keys[t * hd..(t + 1) * hd];
+    let quads = s.len() / 4 * 4;
+    let mut t = from;
+    while t + 4 <= quads.min(end) {
+        let d = dots::<AVX2>(q, [key(t), key(t + 1), key(t + 2), key(t + 3)]);
+        for (s, d) in s[t..t + 4].iter_mut().zip(d) {
+            *s = d * scale;
         }
         t += 4;
     }
+    while t < end {
+        s[t] = dots::<AVX2>(q, [key(t); 4])[0] * scale;
+        t += 1;
+    }
+}
+
+/// Adds positions `from..end` of one query's weighted values to `o` (`p` holds its `len`
+/// probabilities, `inv` their sum's reciprocal): groups of four, then one at a time.
+#[inline(always)]
+fn values_from(p: &[f32], inv: f32, values: &[f32], o: &mut [f32], from: usize, end: usize) {
+    let hd = o.len();
+    let value = |t: usize| &values[t * hd..(t + 1) * hd];
+    let quads = p.len() / 4 * 4;
+    let mut t = from;
+    while t + 4 <= quads.min(end) {
+        let w = [p[t] * inv, p[t + 1] * inv, p[t + 2] * inv, p[t + 3] * inv];
+        for ((((o, v0), v1), v2), v3) in o
+            .iter_mut()
+            .zip(value(t))
+            .zip(value(t + 1))
+            .zip(value(t + 2))
+            .zip(value(t + 3))
+        {
+            *o = (((*o + w[0] * v0) + w[1] * v1) + w[2] * v2) + w[3] * v3;
+        }
+        t += 4;
+    }
+    while t < end {
+        let w = p[t] * inv;
+        for (a, &v) in o.iter_mut().zip(value(t)) {
+            *a += w * v;
+        }
+        t += 1;
+    }
+}
+
+/// [`dots`] of two vectors `a0`, `a1` with the same four: each result [`dot4`]'s bits.
+#[inline(always)]
+fn dots_pair<const AVX2: bool>(a0: &[f32], a1: &[f32], b: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    #[cfg(target_arch = "x86_64")]
+    if AVX2 {
+        // SAFETY: `AVX2` is set only by `attend_avx2`, which runs after avx2 was detected.
+        return unsafe { dot4x2_avx2(a0, a1, b) };
+    }
+    [dot4(a0, b), dot4(a1, b)]
 }
 
 /// [`dot4`], or with `AVX2` [`dot4_avx2`] (same bits). The last one to three keys of a query
@@ -535,7 +651,78 @@ unsafe fn dot4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
         }
         i += 8;
     }
+    reduce4_avx2(acc, a, b)
+}
+
+/// [`dot4_avx2`] of two vectors with the same four (eight independent sums, each key row
+/// loaded once for both): the same bits as two calls.
+///
+/// # Safety
+/// As [`dot4_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn dot4x2_avx2(a0: &[f32], a1: &[f32], b: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    use std::arch::x86_64::*;
+    let n = a0.len();
+    assert!(
+        a1.len() == n && b.iter().all(|v| v.len() == n),
+        "dot4x2_avx2: lengths differ"
+    );
+    let full = n / 8 * 8;
+    let mut acc0 = [_mm256_setzero_ps(); 4];
+    let mut acc1 = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i < full {
+        // SAFETY: `i + 8 ≤ full ≤ n`, and every slice holds `n` values.
+        let x0 = _mm256_loadu_ps(a0.as_ptr().add(i));
+        let x1 = _mm256_loadu_ps(a1.as_ptr().add(i));
+        for ((acc0, acc1), v) in acc0.iter_mut().zip(acc1.iter_mut()).zip(b) {
+            let y = _mm256_loadu_ps(v.as_ptr().add(i));
+            *acc0 = _mm256_add_ps(*acc0, _mm256_mul_ps(x0, y));
+            *acc1 = _mm256_add_ps(*acc1, _mm256_mul_ps(x1, y));
+        }
+        i += 8;
+    }
+    [reduce4_avx2(acc0, a0, b), reduce4_avx2(acc1, a1, b)]
+}
+
+/// The four sums of [`dot4`] from their eight-lane partial sums `acc` (then `a · b[j]`'s tail
+/// past the last whole eight, in order).
+///
+/// # Safety
+/// As [`dot4_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn reduce4_avx2(acc: [std::arch::x86_64::__m256; 4], a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = a.len();
+    let full = n / 8 * 8;
     let mut sums = [0.0f32; 4];
+    if full == n {
+        // The four reductions side by side, each pair of lanes added as in `dot4`:
+        // [a.lo, b.lo] + [a.hi, b.hi] gives lanes l + (l + 4) of a and b (likewise c, d);
+        let ab = _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(acc[0], acc[1]),
+            _mm256_permute2f128_ps::<0x31>(acc[0], acc[1]),
+        );
+        let cd = _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(acc[2], acc[3]),
+            _mm256_permute2f128_ps::<0x31>(acc[2], acc[3]),
+        );
+        // then per 128-bit half [s4[0] + s4[2], s4[1] + s4[3]] of (a, c) and of (b, d);
+        let s2 = _mm256_add_ps(
+            _mm256_shuffle_ps::<0b01_00_01_00>(ab, cd),
+            _mm256_shuffle_ps::<0b11_10_11_10>(ab, cd),
+        );
+        // then s2[0] + s2[1]: [a, c, a, c | b, d, b, d], interleaved into [a, b, c, d].
+        let s1 = _mm256_add_ps(
+            _mm256_shuffle_ps::<0b10_00_10_00>(s2, s2),
+            _mm256_shuffle_ps::<0b11_01_11_01>(s2, s2),
+        );
+        let abcd = _mm_unpacklo_ps(_mm256_castps256_ps128(s1), _mm256_extractf128_ps::<1>(s1));
+        _mm_storeu_ps(sums.as_mut_ptr(), abcd);
+        return sums;
+    }
     for ((sum, acc), v) in sums.iter_mut().zip(acc).zip(b) {
         // lanes l: acc[l] + acc[l + 4]
         let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
@@ -696,6 +883,8 @@ mod tests {
         attention_case(3, 20, 16, 2, 11);
         // 40 queries from position 5: three tiles, the last one partial.
         attention_case(2, 20, 48, 5, 40);
+        // head_dim 16: whole eights only (the four sums reduced side by side).
+        attention_case(2, 16, 48, 1, 37);
     }
 
     fn attention_case(heads: usize, hd: usize, cap: usize, start: usize, m: usize) {
