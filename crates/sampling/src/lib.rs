@@ -12,6 +12,7 @@
 //! Every function on a user path returns `Result<_, SamplingError>`; nothing panics on bad input.
 
 mod error;
+mod exp;
 mod params;
 pub mod philox;
 mod process;

@@ -20,6 +20,7 @@
 //! - The surviving probabilities are renormalised to sum to 1; removed tokens get exactly 0.
 
 use crate::error::SamplingError;
+use crate::exp::softmax_in_place;
 use crate::params::SamplingParams;
 
 /// Checks a logits row: non-empty, no NaN or +inf, at least one finite entry.
@@ -27,12 +28,15 @@ fn check_logits(logits: &[f32]) -> Result<(), SamplingError> {
     if logits.is_empty() {
         return Err(SamplingError::EmptyLogits);
     }
-    let mut any_finite = false;
-    for (index, &value) in logits.iter().enumerate() {
-        if value.is_nan() || value == f32::INFINITY {
+    // One branch-free pass (it vectorises), then the first bad entry only if there is one.
+    let bad = |v: f32| v.is_nan() || v == f32::INFINITY;
+    let (any_bad, any_finite) = logits
+        .iter()
+        .fold((false, false), |(b, f), &v| (b | bad(v), f | v.is_finite()));
+    if any_bad {
+        if let Some((index, &value)) = logits.iter().enumerate().find(|(_, &v)| bad(v)) {
             return Err(SamplingError::BadLogit { index, value });
         }
-        any_finite |= value.is_finite();
     }
     if !any_finite {
         return Err(SamplingError::AllMasked);
@@ -99,20 +103,6 @@ fn top_k_filter(z: &mut [f64], k: usize) {
         if *v < kth {
             *v = f64::NEG_INFINITY;
         }
-    }
-}
-
-/// Numerically stable softmax in place, for scores where at least one is finite and none is
-/// NaN / +inf: subtract the maximum, exponentiate, divide by the `f64` sum.
-fn softmax_in_place(z: &mut [f64]) {
-    let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let mut sum = 0.0;
-    for v in z.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    for v in z.iter_mut() {
-        *v /= sum;
     }
 }
 
