@@ -313,7 +313,7 @@ pub fn attention(
                 return;
             }
             let _ = isa;
-            attend::<false>(&tile, scores, o);
+            attend::<false, false>(&tile, scores, o);
         });
     for (i, row) in out.chunks_exact_mut(heads * hd).enumerate() {
         for (h, o) in row.chunks_exact_mut(hd).enumerate() {
@@ -362,7 +362,7 @@ impl Tile<'_> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn attend_avx2(tile: &Tile, scores: &mut Vec<f32>, out: &mut [f32]) {
-    attend::<true>(tile, scores, out);
+    attend::<true, false>(tile, scores, out);
 }
 
 /// [`attend_avx2`] built for AVX-512: the scores keep [`dot4_avx2`]'s eight-lane sums, the
@@ -371,7 +371,7 @@ unsafe fn attend_avx2(tile: &Tile, scores: &mut Vec<f32>, out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2")]
 unsafe fn attend_avx512(tile: &Tile, scores: &mut Vec<f32>, out: &mut [f32]) {
-    attend::<true>(tile, scores, out);
+    attend::<true, true>(tile, scores, out);
 }
 
 /// Softmax-weighted sums of values for the tile's queries into `out` (`[rows.., head_dim]`);
@@ -385,7 +385,11 @@ unsafe fn attend_avx512(tile: &Tile, scores: &mut Vec<f32>, out: &mut [f32]) {
 /// every output element sees exactly the operations of one query and one position at a
 /// time, in position order, so a query gives the same bits in any tile, alone or not.
 #[inline(always)]
-fn attend<const AVX2: bool>(tile: &Tile, scores: &mut Vec<f32>, out: &mut [f32]) {
+fn attend<const AVX2: bool, const AVX512: bool>(
+    tile: &Tile,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let hd = tile.head_dim;
     let key = |t: usize| &tile.keys[t * hd..(t + 1) * hd];
     let value = |t: usize| &tile.values[t * hd..(t + 1) * hd];
@@ -406,8 +410,11 @@ fn attend<const AVX2: bool>(tile: &Tile, scores: &mut Vec<f32>, out: &mut [f32])
                 let (s0, s1) = scores[j * widest..(j + 2) * widest].split_at_mut(widest);
                 let common = (len0 / 4 * 4).min(len1 / 4 * 4).min(block + KEY_BLOCK);
                 while t + 4 <= common {
-                    let [d0, d1] =
-                        dots_pair::<AVX2>(q0, q1, [key(t), key(t + 1), key(t + 2), key(t + 3)]);
+                    let [d0, d1] = dots_pair::<AVX2, AVX512>(
+                        q0,
+                        q1,
+                        [key(t), key(t + 1), key(t + 2), key(t + 3)],
+                    );
                     for ((s0, s1), (d0, d1)) in s0[t..t + 4]
                         .iter_mut()
                         .zip(&mut s1[t..t + 4])
@@ -562,9 +569,20 @@ fn values_from(p: &[f32], inv: f32, values: &[f32], o: &mut [f32], from: usize, 
     }
 }
 
-/// [`dots`] of two vectors `a0`, `a1` with the same four: each result [`dot4`]'s bits.
+/// [`dots`] of two vectors `a0`, `a1` with the same four: each result [`dot4`]'s bits
+/// (`AVX512`: [`dot4x2_avx512`], inside [`attend_avx512`] only).
 #[inline(always)]
-fn dots_pair<const AVX2: bool>(a0: &[f32], a1: &[f32], b: [&[f32]; 4]) -> [[f32; 4]; 2] {
+fn dots_pair<const AVX2: bool, const AVX512: bool>(
+    a0: &[f32],
+    a1: &[f32],
+    b: [&[f32]; 4],
+) -> [[f32; 4]; 2] {
+    #[cfg(target_arch = "x86_64")]
+    if AVX512 {
+        // SAFETY: `AVX512` is set only by `attend_avx512`, which runs after avx512f was
+        // detected.
+        return unsafe { dot4x2_avx512(a0, a1, b) };
+    }
     #[cfg(target_arch = "x86_64")]
     if AVX2 {
         // SAFETY: `AVX2` is set only by `attend_avx2`, which runs after avx2 was detected.
@@ -684,6 +702,53 @@ unsafe fn dot4x2_avx2(a0: &[f32], a1: &[f32], b: [&[f32]; 4]) -> [[f32; 4]; 2] {
         i += 8;
     }
     [reduce4_avx2(acc0, a0, b), reduce4_avx2(acc1, a1, b)]
+}
+
+/// [`dot4x2_avx2`] on 16-lane registers: lanes 0–7 hold `a0`'s eight partial sums with a key,
+/// lanes 8–15 `a1`'s, each key's eight values loaded once into both halves, so one multiply
+/// and one add per key and eight dimensions serve both vectors; the halves are then reduced
+/// as [`dot4_avx2`] does. The same bits as two [`dot4`] calls.
+///
+/// # Safety
+/// AVX-512F and AVX2 must be present (inlined into [`attend_avx512`]).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn dot4x2_avx512(a0: &[f32], a1: &[f32], b: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    use std::arch::x86_64::*;
+    let n = a0.len();
+    assert!(
+        a1.len() == n && b.iter().all(|v| v.len() == n),
+        "dot4x2_avx512: lengths differ"
+    );
+    let full = n / 8 * 8;
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i < full {
+        // SAFETY: `i + 8 ≤ full ≤ n`, and every slice holds `n` values.
+        let x = _mm512_insertf64x4::<1>(
+            _mm512_castpd256_pd512(_mm256_loadu_pd(a0.as_ptr().add(i).cast())),
+            _mm256_loadu_pd(a1.as_ptr().add(i).cast()),
+        );
+        let x = _mm512_castpd_ps(x);
+        for (acc, v) in acc.iter_mut().zip(b) {
+            let y = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(
+                v.as_ptr().add(i).cast(),
+            )));
+            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(x, y));
+        }
+        i += 8;
+    }
+    // Written out: a closure handed to `map` would be built without this function's target
+    // features.
+    let half = |a: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
+    let lo = [
+        _mm512_castps512_ps256(acc[0]),
+        _mm512_castps512_ps256(acc[1]),
+        _mm512_castps512_ps256(acc[2]),
+        _mm512_castps512_ps256(acc[3]),
+    ];
+    let hi = [half(acc[0]), half(acc[1]), half(acc[2]), half(acc[3])];
+    [reduce4_avx2(lo, a0, b), reduce4_avx2(hi, a1, b)]
 }
 
 /// The four sums of [`dot4`] from their eight-lane partial sums `acc` (then `a · b[j]`'s tail
