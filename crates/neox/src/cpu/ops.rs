@@ -255,8 +255,9 @@ impl Rope {
 ///
 /// Shapes: `q` `[m, heads, head_dim]` (already rotated), `keys` / `values`
 /// `[heads, capacity, head_dim]`, `out` `[m, heads, head_dim]`. Query `i` sits at position
-/// `start + i` and sees cache positions `0..=start + i`. Like [`gelu`], one source serves both
-/// kernel sets (the AVX2 build only widens the vectors), so they give the same bits.
+/// `start + i` and sees cache positions `0..=start + i`. Like [`gelu`], one source serves every
+/// kernel set (the AVX2 and AVX-512 builds only widen the vectors, the AVX-512 one also holding
+/// two queries' eight-lane score sums in one register), so they give the same bits.
 ///
 /// The work is cut into tiles of up to [`QUERY_TILE`] consecutive queries of one head, one
 /// task each: a tile's queries read each key and value row once between them (from L1)
