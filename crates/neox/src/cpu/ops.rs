@@ -447,11 +447,16 @@ fn attend<const AVX2: bool, const AVX512: bool>(
         // The maximum is exact in any order: sixteen running maxima, then one. `s > m`
         // rather than `f32::max` (one `maxps`, not a NaN-aware select; a NaN score is
         // skipped either way).
+        // (Whole chunks, then the rest: a partial chunk in the loop kept the lanes in memory.)
         let mut lanes = [f32::NEG_INFINITY; 16];
-        for chunk in s.chunks(16) {
+        let mut chunks = s.chunks_exact(16);
+        for chunk in &mut chunks {
             for (m, &s) in lanes.iter_mut().zip(chunk) {
                 *m = if s > *m { s } else { *m };
             }
+        }
+        for (m, &s) in lanes.iter_mut().zip(chunks.remainder()) {
+            *m = if s > *m { s } else { *m };
         }
         let max = lanes
             .iter()
