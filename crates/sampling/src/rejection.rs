@@ -55,7 +55,12 @@ pub fn acceptance_probability(p_x: f64, q_x: f64) -> f64 {
 /// `Σ min(p, q)`: the overlap mass, i.e. the probability a draft token is accepted.
 pub fn overlap(p: &[f64], q: &[f64]) -> Result<f64, SamplingError> {
     check_pair(p, q)?;
-    Ok(p.iter().zip(q).map(|(a, b)| a.min(*b)).sum())
+    Ok(overlap_mass(p, q))
+}
+
+/// `Σ min(p, q)` in index order, of distributions already checked.
+fn overlap_mass(p: &[f64], q: &[f64]) -> f64 {
+    p.iter().zip(q).map(|(a, b)| a.min(*b)).sum()
 }
 
 /// `norm(max(0, p − q))`, the distribution a replacement is drawn from after a rejection.
@@ -91,7 +96,7 @@ pub fn emission_probability(p: &[f64], q: &[f64], token: usize) -> Result<f64, S
     // `overlap` and `residual(p, q)[token]` with their sums in their order, without building
     // the residual (a vocabulary-sized allocation per scored token).
     check_pair(p, q)?;
-    let accept_mass: f64 = p.iter().zip(q).map(|(a, b)| a.min(*b)).sum();
+    let accept_mass = overlap_mass(p, q);
     let mass: f64 = p.iter().zip(q).map(|(a, b)| (a - b).max(0.0)).sum();
     let res = if mass > 0.0 {
         (p[token] - q[token]).max(0.0) / mass
